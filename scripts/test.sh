@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds sdrt in release and in AddressSanitizer + UndefinedBehaviorSanitizer mode, runs the test suite in both,
+# then runs the fuzzers for a bounded time. Exits non-zero when any build, test or fuzzer fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+for preset in release asan; do
+  echo "== sdrt: $preset build"
+  cmake --preset "$preset" >/dev/null
+  cmake --build --preset "$preset" -j "$jobs"
+  echo "== sdrt: $preset tests"
+  ctest --preset "$preset" -j "$jobs"
+done
+# The parsers of untrusted files (safetensors, npy) are fuzzed for a bounded time.
+scripts/fuzz.sh "${SDRT_FUZZ_SECONDS:-60}"
+echo "sdrt: all tests passed (release and asan builds, fuzzers)"

@@ -1,0 +1,132 @@
+// End-to-end tests of the sdrt command line: outputs equal the library's (and hence transformers'), and bad
+// input gives exactly one error line on stderr, a non-zero exit and no output file.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "io/json_file.h"
+#include "io/npy.h"
+#include "test_util.h"
+
+namespace sdrt {
+namespace {
+
+using testing::fixtures_dir;
+using testing::run_cli;
+using testing::shell_quote;
+using testing::TempDir;
+
+int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+void expect_one_error_line(const testing::CommandResult& r, const std::string& needle) {
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("sdrt: error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "'" << needle << "' not in: " << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+TEST(Cli, TokenizeMatchesTransformersOnEveryFixturePrompt) {
+  const auto cases = io::read_json_file(fixtures_dir() / "tokenizer_cases.json")["cases"];
+  ASSERT_GE(cases.size(), 30u);
+  for (const char* model : {"tiny-sd1", "tiny-sd2"}) {
+    const std::string key = model == std::string("tiny-sd1") ? "sd1" : "sd2";
+    for (const auto& c : cases) {
+      const std::string prompt = c["prompt"];
+      const auto r = run_cli("tokenize --model " + shell_quote((fixtures_dir() / model).string()) + " --prompt " +
+                             shell_quote(prompt));
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      EXPECT_EQ(nlohmann::json::parse(r.out), c[key]) << model << " prompt: " << prompt;
+    }
+  }
+}
+
+TEST(Cli, EncodeWritesTheLastHiddenState) {
+  TempDir tmp;
+  const auto dir = fixtures_dir() / "tiny-sd2";
+  const auto cases = io::read_json_file(dir / "reference" / "text_encoder_cases.json")["cases"];
+  const std::string prompt = cases[0]["prompt"];
+  const auto out = tmp / "emb.npy";
+  const auto r = run_cli("encode --model " + shell_quote(dir.string()) + " --prompt " + shell_quote(prompt) +
+                         " --output " + shell_quote(out.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("Function load_model took"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("Function encode_prompt took"), std::string::npos) << r.err;
+  const Tensor got = io::read_npy(out);
+  const Tensor want = io::read_npy(dir / "reference" / cases[0]["last_hidden_state"].get<std::string>());
+  ASSERT_EQ(got.shape(), (Shape{1, 77, 32}));
+  for (int64_t i = 0; i < got.numel(); ++i) ASSERT_NEAR(got.data<float>()[i], want.data<float>()[i], 1e-4) << i;
+}
+
+TEST(Cli, InfoListsComponents) {
+  const auto r = run_cli("info --model " + shell_quote((fixtures_dir() / "tiny-sd1").string()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("text_encoder (CLIPTextModel)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tokenizer (CLIPTokenizer)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("hidden_act: quick_gelu"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("pad_id: 49407"), std::string::npos) << r.out;
+
+  const auto j = run_cli("info --json --model " + shell_quote((fixtures_dir() / "tiny-sd2").string()));
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  const auto info = nlohmann::json::parse(j.out);
+  EXPECT_EQ(info["components"]["tokenizer"]["details"]["pad_id"], "0");
+  EXPECT_EQ(info["components"]["text_encoder"]["details"]["hidden_act"], "gelu");
+}
+
+TEST(Cli, HelpEverywhere) {
+  for (const char* sub : {"", "tokenize ", "encode ", "info "}) {
+    const auto r = run_cli(std::string(sub) + "--help");
+    EXPECT_EQ(r.exit_code, 0) << sub;
+    EXPECT_NE(r.out.find("--"), std::string::npos) << sub;
+  }
+}
+
+TEST(Cli, UnknownFlagIsAnError) {
+  const auto r = run_cli("tokenize --model x --prompt y --frobnicate");
+  expect_one_error_line(r, "--frobnicate");
+  EXPECT_EQ(r.exit_code, 2);
+}
+
+TEST(Cli, MissingRequiredOption) {
+  expect_one_error_line(run_cli("encode --prompt y --output /tmp/x.npy"), "--model");
+}
+
+TEST(Cli, NoSubcommand) { EXPECT_NE(run_cli("").exit_code, 0); }
+
+TEST(Cli, UnknownSubcommand) { expect_one_error_line(run_cli("paint --model x"), "paint"); }
+
+TEST(Cli, MissingModelFolder) {
+  expect_one_error_line(run_cli("tokenize --model /nonexistent/model --prompt hi"), "/nonexistent/model");
+}
+
+TEST(Cli, BadModelLeavesNoOutputFile) {
+  TempDir tmp;
+  const auto out = tmp / "emb.npy";
+  testing::write_file(tmp / "model_index.json", "not json");
+  const auto r = run_cli("encode --model " + shell_quote(tmp.path().string()) + " --prompt hi --output " +
+                         shell_quote(out.string()));
+  expect_one_error_line(r, "model_index.json");
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST(Cli, OutputFolderMissing) {
+  TempDir tmp;
+  const auto out = tmp / "no-such-folder" / "emb.npy";
+  const auto r = run_cli("encode --model " + shell_quote((fixtures_dir() / "tiny-sd1").string()) +
+                         " --prompt hi --output " + shell_quote(out.string()));
+  expect_one_error_line(r, "no-such-folder");
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST(Cli, FailedWriteKeepsTheOldFile) {
+  TempDir tmp;
+  const auto out = tmp / "emb.npy";
+  testing::write_file(out, "previous good output");
+  testing::write_file(tmp / "model_index.json", "{}");  // a model folder with no components
+  const auto r = run_cli("encode --model " + shell_quote(tmp.path().string()) + " --prompt hi --output " +
+                         shell_quote(out.string()));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(testing::read_file(out), "previous good output");
+}
+
+}  // namespace
+}  // namespace sdrt

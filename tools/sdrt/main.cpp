@@ -1,0 +1,162 @@
+// sdrt — the command-line front end of the library.
+//
+//   sdrt tokenize --model DIR --prompt TEXT          77 token ids as a JSON array
+//   sdrt encode   --model DIR --prompt TEXT --output emb.npy
+//   sdrt info     --model DIR                        components and their key config values
+//
+// Every failure prints one line "sdrt: error: ..." on stderr and exits non-zero.
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "io/npy.h"
+#include "sdrt/error.h"
+#include "sdrt/model.h"
+
+namespace {
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+// Stage timing, printed the way the study this project grew from printed it.
+class StageTimer {
+ public:
+  explicit StageTimer(std::string name) : name_(std::move(name)), start_(std::chrono::steady_clock::now()) {}
+  ~StageTimer() {
+    if (std::uncaught_exceptions() > 0) return;  // a failed stage reports its error instead
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    fmt::print(stderr, "Function {} took {:.4f} seconds to execute\n", name_, s);
+  }
+
+ private:
+  std::string name_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+sdrt::Model load_model(const std::string& path) {
+  StageTimer t("load_model");
+  return sdrt::Model::load(path);
+}
+
+int run_tokenize(const std::string& model_path, const std::string& prompt) {
+  const auto model = load_model(model_path);
+  const auto ids = model.tokenize(prompt);
+  std::cout << nlohmann::json(ids).dump() << std::endl;
+  return 0;
+}
+
+// Fails before any work is done when the output cannot be written where asked.
+void check_output_path(const std::filesystem::path& output) {
+  const auto parent = output.has_parent_path() ? output.parent_path() : std::filesystem::path(".");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(parent, ec))
+    throw sdrt::Error(sdrt::ErrorKind::kIo, fmt::format("{}: output folder {} does not exist", output.string(),
+                                                        parent.string()));
+}
+
+int run_encode(const std::string& model_path, const std::string& prompt, const std::string& output) {
+  check_output_path(output);
+  const auto model = load_model(model_path);
+  sdrt::Tensor embedding;
+  {
+    StageTimer t("encode_prompt");
+    embedding = model.encode_prompt(prompt);
+  }
+  sdrt::io::write_npy(output, embedding);
+  fmt::print(stderr, "wrote {} {} float32 to {}\n", sdrt::shape_to_string(embedding.shape()), "last_hidden_state",
+             output);
+  return 0;
+}
+
+int run_info(const std::string& model_path, bool as_json) {
+  const auto info = sdrt::Model::inspect(model_path);
+  if (as_json) {
+    nlohmann::json j;
+    j["path"] = info.path;
+    j["pipeline_class"] = info.pipeline_class;
+    for (const auto& c : info.components) {
+      nlohmann::json details = nlohmann::json::object();
+      for (const auto& [k, v] : c.details) details[k] = v;
+      j["components"][c.name] = {{"class", c.class_name}, {"details", details}};
+    }
+    std::cout << j.dump(2) << std::endl;
+    return 0;
+  }
+  fmt::print("model: {}\npipeline: {}\n", info.path, info.pipeline_class.empty() ? "?" : info.pipeline_class);
+  for (const auto& c : info.components) {
+    fmt::print("  {} ({})\n", c.name, c.class_name);
+    for (const auto& [k, v] : c.details) fmt::print("    {}: {}\n", k, v);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sdrt: Stable Diffusion runtime"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "sdrt 0.1.0");
+
+  std::string model, prompt, output;
+  bool as_json = false;
+
+  auto* tokenize = app.add_subcommand("tokenize", "Print the text encoder's 77 token ids for a prompt as JSON");
+  tokenize->add_option("--model", model, "diffusers model folder")->required();
+  tokenize->add_option("--prompt", prompt, "prompt text")->required();
+
+  auto* encode = app.add_subcommand("encode", "Write the text encoder's last hidden state [1,77,hidden] as .npy");
+  encode->add_option("--model", model, "diffusers model folder")->required();
+  encode->add_option("--prompt", prompt, "prompt text")->required();
+  encode->add_option("--output", output, "output .npy file")->required();
+
+  auto* info = app.add_subcommand("info", "List a model's components and their key configuration");
+  info->add_option("--model", model, "diffusers model folder")->required();
+  info->add_flag("--json", as_json, "print JSON instead of text");
+
+  const auto is_command = [&](const std::string& name) {
+    for (const auto* sub : app.get_subcommands({})) {
+      if (sub->get_name() == name) return true;
+    }
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
+    fmt::print(stderr, "sdrt: error: unknown command \"{}\" (see sdrt --help)\n", argv[1]);
+    return kExitUsage;
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    return app.exit(CLI::CallForHelp());
+  } catch (const CLI::CallForAllHelp&) {
+    return app.exit(CLI::CallForAllHelp());
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // CLI11's own report spans lines ("Run with --help ..."): keep ours to one.
+    std::string message = e.what();
+    for (char& ch : message)
+      if (ch == '\n') ch = ' ';
+    fmt::print(stderr, "sdrt: error: {} (see sdrt --help)\n", message);
+    return kExitUsage;
+  }
+
+  try {
+    if (*tokenize) return run_tokenize(model, prompt);
+    if (*encode) return run_encode(model, prompt, output);
+    if (*info) return run_info(model, as_json);
+  } catch (const sdrt::Error& e) {
+    fmt::print(stderr, "sdrt: error: {}\n", e.what());
+    return kExitError;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "sdrt: error: {}\n", e.what());
+    return kExitError;
+  }
+  return kExitUsage;
+}
