@@ -5,6 +5,7 @@
 
 #include "io/json_file.h"
 #include "io/npy.h"
+#include "io/png.h"
 #include "test_util.h"
 
 namespace sdrt {
@@ -17,10 +18,18 @@ using testing::TempDir;
 
 int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
 
+// The failure is reported as exactly one "sdrt: error: ..." line, the last thing on stderr (stage timings of
+// stages that completed before it may precede it).
 void expect_one_error_line(const testing::CommandResult& r, const std::string& needle) {
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_EQ(count_lines(r.err), 1) << r.err;
-  EXPECT_EQ(r.err.rfind("sdrt: error: ", 0), 0u) << r.err;
+  size_t errors = 0;
+  for (size_t pos = r.err.find("sdrt: error:"); pos != std::string::npos; pos = r.err.find("sdrt: error:", pos + 1))
+    ++errors;
+  EXPECT_EQ(errors, 1u) << r.err;
+  const auto last_line = r.err.rfind('\n', r.err.size() >= 2 ? r.err.size() - 2 : 0);
+  const std::string last = r.err.substr(last_line == std::string::npos ? 0 : last_line + 1);
+  EXPECT_EQ(last.rfind("sdrt: error: ", 0), 0u) << r.err;
+  EXPECT_EQ(count_lines(last), 1) << r.err;
   EXPECT_NE(r.err.find(needle), std::string::npos) << "'" << needle << "' not in: " << r.err;
   EXPECT_TRUE(r.out.empty()) << r.out;
 }
@@ -126,6 +135,67 @@ TEST(Cli, FailedWriteKeepsTheOldFile) {
                          shell_quote(out.string()));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_EQ(testing::read_file(out), "previous good output");
+}
+
+// ---- txt2img
+
+std::string tiny_txt2img(const std::string& extra) {
+  return "txt2img --model " + shell_quote((fixtures_dir() / "tiny-sd1").string()) + " --prompt 'a red circle' " +
+         extra;
+}
+
+TEST(CliTxt2Img, WritesTheDiffusersImageWithMetadata) {
+  TempDir tmp;
+  const auto ref = fixtures_dir() / "tiny-sd1" / "reference";
+  const auto cases = io::read_json_file(ref / "pipeline_cases.json")["cases"];
+  const auto& c = cases[0];  // the model's own scheduler, default guidance
+  const auto out = tmp / "out.png";
+  const auto r = run_cli("txt2img --model " + shell_quote((fixtures_dir() / "tiny-sd1").string()) + " --prompt " +
+                         shell_quote(c["prompt"]) + " --steps " + std::to_string(c["steps"].get<int>()) +
+                         " --seed " + std::to_string(c["seed"].get<int>()) + " --output " + shell_quote(out.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* stage : {"load_model", "encode_prompt", "prepare_latents", "unet_infer", "decode_latents"})
+    EXPECT_NE(r.err.find(std::string("Function ") + stage + " took"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("it/s"), std::string::npos) << r.err;
+  const auto got = io::read_png_rgb8(out);
+  const auto want = io::read_png_rgb8(ref / c["image"].get<std::string>());
+  ASSERT_EQ(got.rgb8.size(), want.rgb8.size());
+  int worst = 0;
+  for (size_t i = 0; i < got.rgb8.size(); ++i) worst = std::max(worst, std::abs(got.rgb8[i] - want.rgb8[i]));
+  EXPECT_LE(worst, 3);
+  ASSERT_EQ(got.text.size(), 1u);
+  EXPECT_EQ(got.text[0].first, "parameters");
+  EXPECT_EQ(got.text[0].second, std::string(c["prompt"]) + "\nSteps: " + std::to_string(c["steps"].get<int>()) +
+                                    ", Sampler: PNDM, CFG scale: 7.5, Seed: " + std::to_string(c["seed"].get<int>()) +
+                                    ", Size: 64x64, Model: tiny-sd1");
+}
+
+TEST(CliTxt2Img, BadOptionsFailWithoutWritingAnything) {
+  TempDir tmp;
+  const auto out = tmp / "out.png";
+  const std::string o = " --output " + shell_quote(out.string());
+  expect_one_error_line(run_cli(tiny_txt2img("--width 100" + o)), "--width 100");
+  expect_one_error_line(run_cli(tiny_txt2img("--height 12" + o)), "--height 12");
+  expect_one_error_line(run_cli(tiny_txt2img("--steps 0" + o)), "--steps 0");
+  expect_one_error_line(run_cli(tiny_txt2img("--scheduler lms" + o)), "lms");
+  expect_one_error_line(run_cli(tiny_txt2img("--steps many" + o)), "--steps");
+  expect_one_error_line(run_cli(tiny_txt2img("--device tpu" + o)), "tpu");
+  expect_one_error_line(run_cli(tiny_txt2img("--output " + shell_quote((tmp / "missing" / "x.png").string()))),
+                        "missing");
+  // Initial noise of the wrong shape, and of the wrong dtype.
+  io::write_npy(tmp / "noise.npy", Tensor({1, 4, 8, 7}, DType::kF32));
+  expect_one_error_line(run_cli(tiny_txt2img("--init-noise " + shell_quote((tmp / "noise.npy").string()) + o)),
+                        "[1, 4, 8, 7]");
+  std::string f64 = "\x93NUMPY\x01";
+  f64 += '\0';
+  const std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 4, 8, 8), }";
+  f64 += static_cast<char>(header.size());
+  f64 += '\0';
+  f64 += header + std::string(8 * 256, '\0');
+  testing::write_file(tmp / "noise64.npy", f64);
+  expect_one_error_line(run_cli(tiny_txt2img("--init-noise " + shell_quote((tmp / "noise64.npy").string()) + o)),
+                        "noise64.npy");
+  EXPECT_FALSE(std::filesystem::exists(out));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@ enum class ErrorKind {
   kFormat,           // a file exists but its contents are malformed (safetensors, JSON, vocab, ...)
   kModel,            // files parse but disagree with each other (weight shape vs config.json, ...)
   kUnsupported,      // well-formed input that sdrt does not handle (yet)
+  kCancelled,        // a progress callback asked to stop
   kInternal,         // a bug in sdrt
 };
 

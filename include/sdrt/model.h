@@ -1,15 +1,23 @@
-// sdrt::Model — a Stable Diffusion checkpoint loaded for inference, and the stage calls on it.
+// sdrt::Model — a Stable Diffusion checkpoint loaded for inference, the stage calls on it, and one-call txt2img.
 //
-//   auto model = sdrt::Model::load("models/sd15");              // diffusers folder
-//   std::vector<int32_t> ids = model.tokenize("a red circle");    // 77 ids
-//   sdrt::Tensor emb = model.encode_prompt("a red circle");       // [1, 77, hidden]
+//   auto model = sdrt::Model::load("models/sd15");               // diffusers folder
+//   sdrt::GenerateOptions o;  o.prompt = "a red circle";  o.seed = 42;
+//   sdrt::Image image = model.txt2img(o);                         // 8-bit RGB, o.width × o.height
+//
+// or stage by stage (what txt2img does):
+//   Tensor context = model.encode_prompts(o);                     // [1 or 2, 77, D]  (unconditional first)
+//   Sampling s = model.prepare_latents(o);                         // scheduler + generator + initial latents
+//   Tensor latents = model.denoise(s, context, callback);          // the UNet loop
+//   Image image = model.decode_latents(latents);
 //
 // Errors are thrown as sdrt::Error with a message naming the file, tensor or field at fault.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -20,7 +28,7 @@
 namespace sdrt {
 
 struct LoadOptions {
-  bool prefer_fp16_variant = false;  // pick <name>.fp16.safetensors over <name>.safetensors when both exist
+  bool text_encoder_only = false;  // tokenizer + text encoder (for tokenize / encode)
 };
 
 // What `sdrt info` shows: the components found and their key configuration values.
@@ -41,9 +49,56 @@ struct PromptEncoding {
   Tensor pooler_output;               // [1, hidden] at the end-of-text token
 };
 
+struct GenerateOptions {
+  std::string prompt;
+  std::string negative_prompt;
+  int width = 0, height = 0;  // 0: the model's default (unet sample_size × VAE factor, 512 for SD 1.5)
+  int steps = 50;
+  double cfg_scale = 7.5;     // > 1 runs classifier-free guidance (unconditional + conditional in one batch)
+  std::string scheduler;      // "", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m"; "" = the model's own
+  bool karras = false;        // Karras sigmas (euler, euler_a, dpmpp_2m)
+  uint64_t seed = 0;
+  std::string rng = "cpu";    // "cpu": torch.Generator("cpu").manual_seed(seed) draws
+  std::optional<Tensor> init_noise;  // [1, 4, height/8, width/8] float32, instead of the seeded draw
+};
+
+struct Image {
+  int width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // height · width · 3, row-major
+};
+
+struct StageTimes {  // seconds
+  double encode_prompt = 0, prepare_latents = 0, unet_infer = 0, decode_latents = 0;
+};
+
+// The checks that need no model (sizes multiples of 8, steps >= 1, known scheduler and rng names), so that a
+// caller can fail before loading anything; Model::resolve repeats them against the model.
+void validate_options(const GenerateOptions& options);
+
+// Called after every denoising step with (steps done, total steps); return false to cancel (the call then throws
+// sdrt::Error of kind kCancelled).
+using StepCallback = std::function<bool(int, int)>;
+
+// The state of one sampling run: scheduler with its timesteps, the random generator, the current latents.
+class Sampling {
+ public:
+  Sampling(Sampling&&) noexcept;
+  Sampling& operator=(Sampling&&) noexcept;
+  ~Sampling();
+  const Tensor& latents() const;
+  int steps() const;
+  const std::vector<double>& timesteps() const;
+
+ private:
+  friend class Model;
+  struct State;
+  explicit Sampling(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
 class Model {
  public:
-  // Loads the tokenizer and text encoder of a diffusers folder.
+  // Loads a diffusers folder: tokenizer, text encoder, and (unless text_encoder_only) unet, vae, scheduler.
   static Model load(const std::filesystem::path& path, const LoadOptions& options = {});
   // Describes a model without loading its weights (reads configs and safetensors headers only).
   static ModelInfo inspect(const std::filesystem::path& path);
@@ -52,6 +107,9 @@ class Model {
   Model& operator=(Model&&) noexcept;
   ~Model();
 
+  const std::string& name() const;  // the folder's name, for metadata
+
+  // ---- text
   // The text encoder's input: BOS, ids, EOS, truncated and padded to 77 with the model's pad token.
   std::vector<int32_t> tokenize(std::string_view prompt) const;
   // last_hidden_state of the text encoder for one prompt: [1, 77, hidden], float32.
@@ -59,8 +117,29 @@ class Model {
   PromptEncoding encode_prompt_full(std::string_view prompt) const;
   PromptEncoding encode_ids(const std::vector<int32_t>& ids) const;
 
- private:
+  // ---- image generation stages
+  // Checks options against the model (sizes, steps, scheduler, noise shape) and fills in defaults
+  // (width/height); throws kInvalidArgument naming the option at fault.
+  GenerateOptions resolve(const GenerateOptions& options) const;
+  // [2, 77, D] = (negative prompt, prompt) when guidance is on, else [1, 77, D].
+  Tensor encode_prompts(const GenerateOptions& options) const;
+  Sampling prepare_latents(const GenerateOptions& options) const;
+  // Runs the UNet loop; returns the final latents [1, 4, h, w].
+  Tensor denoise(Sampling& sampling, const Tensor& context, double cfg_scale,
+                 const StepCallback& on_step = nullptr) const;
+  // latents -> 8-bit RGB through the VAE decoder (diffusers' postprocess).
+  Image decode_latents(const Tensor& latents) const;
+
+  // All of the above.
+  Image txt2img(const GenerateOptions& options, const StepCallback& on_step = nullptr,
+                StageTimes* times = nullptr) const;
+
+  // AUTOMATIC1111-style "parameters" text for PNG metadata.
+  std::string parameters_text(const GenerateOptions& resolved) const;
+
   struct Impl;
+
+ private:
   explicit Model(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

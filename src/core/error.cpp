@@ -9,6 +9,7 @@ const char* error_kind_name(ErrorKind kind) {
     case ErrorKind::kFormat: return "format error";
     case ErrorKind::kModel: return "model error";
     case ErrorKind::kUnsupported: return "unsupported";
+    case ErrorKind::kCancelled: return "cancelled";
     case ErrorKind::kInternal: return "internal error";
   }
   return "error";

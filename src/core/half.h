@@ -53,6 +53,17 @@ inline uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | half);
 }
 
+// f16 -> f32 for bulk conversion (weights at load time): a 65,536-entry table built once on first use, several
+// times faster than the branchy bit manipulation above and exact by construction.
+inline const float* f16_to_f32_table() {
+  static const float* table = [] {
+    static float t[65536];
+    for (uint32_t h = 0; h < 65536; ++h) t[h] = f16_to_f32(static_cast<uint16_t>(h));
+    return t;
+  }();
+  return table;
+}
+
 inline float bf16_to_f32(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
 
 inline uint16_t f32_to_bf16(float f) {

@@ -18,7 +18,8 @@ namespace {
 
 constexpr png_uint_32 kMaxSide = 16384;  // untrusted input: bounds what one image may allocate
 
-// ---- Text encodings ---------------------------------------------------------------------------------------------
+// ---- Text encodings
+// ---------------------------------------------------------------------------------------------
 
 // Decodes UTF-8 into code points; false on malformed input (overlong forms, surrogates, > U+10FFFF, NUL).
 bool utf8_to_code_points(const std::string& s, std::vector<char32_t>& out) {
@@ -93,9 +94,11 @@ TextChunk make_chunk(const std::string& key, const std::string& value) {
   return c;
 }
 
-// ---- libpng glue ------------------------------------------------------------------------------------------------
-// libpng reports errors by longjmp. The functions that call setjmp keep only trivially destructible locals, and
-// every C++ allocation happens in callbacks that catch their own exceptions, so no destructor is ever skipped.
+// ---- libpng glue
+// ------------------------------------------------------------------------------------------------ libpng
+// reports errors by longjmp. The functions that call setjmp keep only trivially destructible locals, and
+// every C++ allocation happens in callbacks that catch their own exceptions, so no destructor is ever
+// skipped.
 
 struct Context {
   char error[256] = "";
@@ -151,7 +154,8 @@ bool collect_text(Context& ctx, png_structp png, png_infop info) {
   try {
     for (int i = 0; i < n; ++i) {
       const png_text& t = text[i];
-      const bool itxt = t.compression == PNG_ITXT_COMPRESSION_NONE || t.compression == PNG_ITXT_COMPRESSION_zTXt;
+      const bool itxt =
+          t.compression == PNG_ITXT_COMPRESSION_NONE || t.compression == PNG_ITXT_COMPRESSION_zTXt;
       std::string value = itxt ? std::string(t.text, t.itxt_length) : latin1_to_utf8(t.text, t.text_length);
       ctx.text->emplace_back(latin1_to_utf8(t.key, std::strlen(t.key)), std::move(value));
     }
@@ -175,8 +179,8 @@ bool encode_raw(Context& ctx, const uint8_t* rgb, png_uint_32 width, png_uint_32
     return false;
   }
   png_set_write_fn(png, &ctx, on_write, on_flush);
-  png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-               PNG_FILTER_TYPE_DEFAULT);
+  png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   if (n_text > 0) png_set_text(png, info, text, n_text);
   png_write_info(png, info);
   for (png_uint_32 y = 0; y < height; ++y) png_write_row(png, rgb + static_cast<size_t>(y) * width * 3);
@@ -233,8 +237,9 @@ std::string encode_png(std::span<const uint8_t> rgb8, int64_t width, int64_t hei
     throw Error(ErrorKind::kInvalidArgument,
                 fmt::format("write_png: image size {}x{} is outside 1..{} a side", width, height, kMaxSide));
   if (rgb8.size() != static_cast<size_t>(width * height * 3))
-    throw Error(ErrorKind::kInvalidArgument, fmt::format("write_png: {} bytes of pixels, but {}x{} RGB needs {}",
-                                                         rgb8.size(), width, height, width * height * 3));
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("write_png: {} bytes of pixels, but {}x{} RGB needs {}", rgb8.size(), width,
+                            height, width * height * 3));
   std::vector<TextChunk> chunks;
   for (const auto& [key, value] : text) chunks.push_back(make_chunk(key, value));
   std::vector<png_text> entries(chunks.size());
@@ -258,8 +263,8 @@ std::string encode_png(std::span<const uint8_t> rgb8, int64_t width, int64_t hei
   return out;
 }
 
-void write_png(const std::filesystem::path& path, std::span<const uint8_t> rgb8, int64_t width, int64_t height,
-               const PngText& text) {
+void write_png(const std::filesystem::path& path, std::span<const uint8_t> rgb8, int64_t width,
+               int64_t height, const PngText& text) {
   std::string bytes;
   try {
     bytes = encode_png(rgb8, width, height, text);

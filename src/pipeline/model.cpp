@@ -5,17 +5,10 @@
 #include "io/diffusers_folder.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
-#include "models/clip_text.h"
+#include "pipeline/model_impl.h"
 #include "sdrt/error.h"
-#include "text/clip_tokenizer.h"
 
 namespace sdrt {
-
-struct Model::Impl {
-  std::filesystem::path path;
-  text::ClipTokenizer tokenizer;
-  models::ClipTextModel text_encoder;
-};
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::Model(Model&&) noexcept = default;
@@ -25,7 +18,6 @@ Model::~Model() = default;
 Model Model::load(const std::filesystem::path& path, const LoadOptions& options) {
   const auto folder = io::DiffusersFolder::open(path);
   auto tokenizer = text::ClipTokenizer::from_folder(folder.component_dir("tokenizer"));
-  (void)options;  // the text encoder is small; fp16 variants are still picked when they are the only weights
   auto text_encoder = models::ClipTextModel::from_folder(folder.component_dir("text_encoder"));
   if (tokenizer.max_length() > text_encoder.config().max_position_embeddings)
     throw Error(ErrorKind::kModel,
@@ -35,8 +27,28 @@ Model Model::load(const std::filesystem::path& path, const LoadOptions& options)
     throw Error(ErrorKind::kModel,
                 fmt::format("{}: tokenizer vocabulary ({} entries) is larger than the text encoder's vocab_size {}",
                             path.string(), tokenizer.vocab_size(), text_encoder.config().vocab_size));
-  return Model(std::unique_ptr<Impl>(new Impl{path, std::move(tokenizer), std::move(text_encoder)}));
+  auto impl = std::unique_ptr<Impl>(new Impl{path, std::filesystem::absolute(path).filename().string(),
+                                             std::move(tokenizer), std::move(text_encoder), {}, {}, {}, {}});
+  if (impl->name.empty()) impl->name = std::filesystem::absolute(path).parent_path().filename().string();
+  if (!options.text_encoder_only) {
+    impl->unet.emplace(models::UNet::from_folder(folder.component_dir("unet")));
+    impl->vae.emplace(models::AutoencoderKL::from_folder(folder.component_dir("vae"), {.encoder = false}));
+    impl->scheduler_config_path = folder.component_dir("scheduler") / "scheduler_config.json";
+    impl->scheduler_config = schedulers::SchedulerConfig::from_json_file(impl->scheduler_config_path);
+    const auto& unet = impl->unet->config();
+    if (unet.cross_attention_dim != impl->text_encoder.config().hidden_size)
+      throw Error(ErrorKind::kModel,
+                  fmt::format("{}: unet cross_attention_dim {} does not match the text encoder's hidden_size {}",
+                              path.string(), unet.cross_attention_dim, impl->text_encoder.config().hidden_size));
+    if (unet.in_channels != impl->vae->config().latent_channels)
+      throw Error(ErrorKind::kModel,
+                  fmt::format("{}: unet in_channels {} does not match the vae's latent_channels {}", path.string(),
+                              unet.in_channels, impl->vae->config().latent_channels));
+  }
+  return Model(std::move(impl));
 }
+
+const std::string& Model::name() const { return impl_->name; }
 
 std::vector<int32_t> Model::tokenize(std::string_view prompt) const { return impl_->tokenizer.encode(prompt); }
 

@@ -3,10 +3,15 @@
 //   sdrt tokenize --model DIR --prompt TEXT          77 token ids as a JSON array
 //   sdrt encode   --model DIR --prompt TEXT --output emb.npy
 //   sdrt info     --model DIR                        components and their key config values
+//   sdrt txt2img  --model DIR --prompt TEXT [...] --output out.png
 //
 // Every failure prints one line "sdrt: error: ..." on stderr and exits non-zero.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
+#include <optional>
+#include <random>
 #include <exception>
 #include <filesystem>
 #include <iostream>
@@ -17,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/npy.h"
+#include "io/png.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"
 
@@ -40,18 +46,6 @@ class StageTimer {
   std::chrono::steady_clock::time_point start_;
 };
 
-sdrt::Model load_model(const std::string& path) {
-  StageTimer t("load_model");
-  return sdrt::Model::load(path);
-}
-
-int run_tokenize(const std::string& model_path, const std::string& prompt) {
-  const auto model = load_model(model_path);
-  const auto ids = model.tokenize(prompt);
-  std::cout << nlohmann::json(ids).dump() << std::endl;
-  return 0;
-}
-
 // Fails before any work is done when the output cannot be written where asked.
 void check_output_path(const std::filesystem::path& output) {
   const auto parent = output.has_parent_path() ? output.parent_path() : std::filesystem::path(".");
@@ -61,9 +55,92 @@ void check_output_path(const std::filesystem::path& output) {
                                                         parent.string()));
 }
 
+sdrt::Model load_model(const std::string& path, bool text_encoder_only) {
+  StageTimer t("load_model");
+  return sdrt::Model::load(path, {.text_encoder_only = text_encoder_only});
+}
+
+// tqdm-style progress on a terminal, one plain line per step otherwise (logs, pipes).
+class ProgressBar {
+ public:
+  ProgressBar() : tty_(isatty(STDERR_FILENO) != 0), start_(std::chrono::steady_clock::now()) {}
+  bool operator()(int done, int total) {
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double rate = elapsed > 0 ? done / elapsed : 0.0;
+    if (tty_) {
+      constexpr int kWidth = 30;
+      const int filled = total ? done * kWidth / total : kWidth;
+      std::string bar;
+      for (int i = 0; i < kWidth; ++i) bar += i < filled ? "\u2588" : " ";
+      const double eta = rate > 0 ? (total - done) / rate : 0.0;
+      fmt::print(stderr, "\r{:3d}%|{}| {}/{} [{:.1f}s<{:.1f}s, {:.2f}it/s]", total ? done * 100 / total : 100, bar,
+                 done, total, elapsed, eta, rate);
+      if (done == total) fmt::print(stderr, "\n");
+    } else {
+      fmt::print(stderr, "step {}/{} ({:.2f} it/s)\n", done, total, rate);
+    }
+    return true;
+  }
+
+ private:
+  bool tty_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+struct Txt2ImgArgs {
+  std::string model, output = "output.png", init_noise, device = "cpu";
+  std::optional<uint64_t> seed;
+  sdrt::GenerateOptions options;
+};
+
+int run_txt2img(Txt2ImgArgs args) {
+  if (args.device != "cpu")
+    throw sdrt::Error(sdrt::ErrorKind::kUnsupported,
+                      fmt::format("--device {}: only the cpu device is available in this build", args.device));
+  check_output_path(args.output);
+  auto& o = args.options;
+  sdrt::validate_options(o);
+  // AUTOMATIC1111 draws a random seed when none is given; it is printed and stored in the PNG.
+  o.seed = args.seed ? *args.seed : std::random_device{}();
+  if (!args.init_noise.empty()) o.init_noise = sdrt::io::read_npy(args.init_noise);
+  const auto model = load_model(args.model, /*text_encoder_only=*/false);
+  o = model.resolve(o);
+  sdrt::Tensor context;
+  {
+    StageTimer t("encode_prompt");
+    context = model.encode_prompts(o);
+  }
+  std::optional<sdrt::Sampling> sampling;
+  {
+    StageTimer t("prepare_latents");
+    sampling.emplace(model.prepare_latents(o));
+  }
+  sdrt::Tensor latents;
+  {
+    StageTimer t("unet_infer");
+    ProgressBar progress;
+    latents = model.denoise(*sampling, context, o.cfg_scale, std::ref(progress));
+  }
+  sdrt::Image image;
+  {
+    StageTimer t("decode_latents");
+    image = model.decode_latents(latents);
+  }
+  sdrt::io::write_png(args.output, image.rgb, image.width, image.height, {{"parameters", model.parameters_text(o)}});
+  fmt::print(stderr, "wrote {}x{} image to {} (seed {})\n", image.width, image.height, args.output, o.seed);
+  return 0;
+}
+
+int run_tokenize(const std::string& model_path, const std::string& prompt) {
+  const auto model = load_model(model_path, /*text_encoder_only=*/true);
+  const auto ids = model.tokenize(prompt);
+  std::cout << nlohmann::json(ids).dump() << std::endl;
+  return 0;
+}
+
 int run_encode(const std::string& model_path, const std::string& prompt, const std::string& output) {
   check_output_path(output);
-  const auto model = load_model(model_path);
+  const auto model = load_model(model_path, /*text_encoder_only=*/true);
   sdrt::Tensor embedding;
   {
     StageTimer t("encode_prompt");
@@ -120,6 +197,27 @@ int main(int argc, char** argv) {
   info->add_option("--model", model, "diffusers model folder")->required();
   info->add_flag("--json", as_json, "print JSON instead of text");
 
+  Txt2ImgArgs gen;
+  auto* txt2img = app.add_subcommand("txt2img", "Generate an image from a prompt and write it as PNG");
+  txt2img->add_option("--model", gen.model, "diffusers model folder")->required();
+  txt2img->add_option("--prompt", gen.options.prompt, "prompt text")->required();
+  txt2img->add_option("--negative-prompt", gen.options.negative_prompt, "negative prompt");
+  txt2img->add_option("--steps", gen.options.steps, "denoising steps")->capture_default_str();
+  txt2img->add_option("--cfg-scale", gen.options.cfg_scale, "classifier-free guidance scale (<= 1: off)")
+      ->capture_default_str();
+  txt2img->add_option("--scheduler", gen.options.scheduler,
+                      "pndm | ddim | euler | euler_a | dpmpp_2m (default: the model's scheduler_config.json)");
+  txt2img->add_flag("--karras", gen.options.karras, "Karras sigmas (euler, euler_a, dpmpp_2m)");
+  txt2img->add_option("--width", gen.options.width, "image width, a multiple of 8 (default: the model's)");
+  txt2img->add_option("--height", gen.options.height, "image height, a multiple of 8 (default: the model's)");
+  txt2img->add_option("--seed", gen.seed, "random seed (default: random)");
+  txt2img->add_option("--rng", gen.options.rng, "noise generator: cpu (torch.Generator(\"cpu\"))")
+      ->capture_default_str();
+  txt2img->add_option("--init-noise", gen.init_noise, "initial latents [1,4,H/8,W/8] float32 .npy instead of the seed");
+  txt2img->add_option("--output", gen.output, "output PNG")->capture_default_str();
+  txt2img->add_option("--device", gen.device, "cpu")->capture_default_str();
+
+
   const auto is_command = [&](const std::string& name) {
     for (const auto* sub : app.get_subcommands({})) {
       if (sub->get_name() == name) return true;
@@ -148,6 +246,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (*txt2img) return run_txt2img(gen);
     if (*tokenize) return run_tokenize(model, prompt);
     if (*encode) return run_encode(model, prompt, output);
     if (*info) return run_info(model, as_json);

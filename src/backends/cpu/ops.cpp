@@ -5,16 +5,31 @@
 #include <limits>
 #include <vector>
 
-#include <cblas.h>
+#include <dnnl.h>
+#include <fmt/format.h>
+
+#include "sdrt/error.h"
 
 namespace sdrt::cpu {
 
+namespace {
+
+// Row-major C = alpha · op(A) · op(B) + beta · C through oneDNN's sgemm. oneDNN rather than a separate BLAS:
+// it is as fast on these shapes and shares the OpenMP thread pool with the convolutions and our own loops, so
+// two runtimes never fight over the cores.
+void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const dnnl_status_t status = dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, alpha, a, lda,
+                                          b, ldb, beta, c, ldc);
+  if (status != dnnl_success) throw Error(ErrorKind::kInternal, fmt::format("dnnl_sgemm failed ({})", static_cast<int>(status)));
+}
+
+}  // namespace
+
 void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool transpose_b, float alpha,
           float beta) {
-  if (m == 0 || n == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m),
-              static_cast<blasint>(n), static_cast<blasint>(k), alpha, a, static_cast<blasint>(k), b,
-              static_cast<blasint>(transpose_b ? k : n), beta, c, static_cast<blasint>(n));
+  sgemm(false, transpose_b, m, n, k, alpha, a, k, b, transpose_b ? k : n, beta, c, n);
 }
 
 void linear(const float* x, const float* w, const float* bias, float* y, int64_t rows, int64_t in, int64_t out) {
@@ -26,6 +41,7 @@ void linear(const float* x, const float* w, const float* bias, float* y, int64_t
 
 void layer_norm(const float* x, const float* gamma, const float* beta, float* y, int64_t rows, int64_t dim,
                 float eps) {
+#pragma omp parallel for schedule(static) if (rows * dim > 65536)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
@@ -51,10 +67,12 @@ void layer_norm(const float* x, const float* gamma, const float* beta, float* y,
 void activate(float* x, int64_t n, Activation act) {
   switch (act) {
     case Activation::kGelu:
+#pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * static_cast<float>(M_SQRT1_2)));
       break;
     case Activation::kGeluTanh: {
       const float c = std::sqrt(2.0f / static_cast<float>(M_PI));
+#pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t i = 0; i < n; ++i) {
         const float v = x[i];
         x[i] = 0.5f * v * (1.0f + std::tanh(c * (v + 0.044715f * v * v * v)));
@@ -62,18 +80,22 @@ void activate(float* x, int64_t n, Activation act) {
       break;
     }
     case Activation::kQuickGelu:
+#pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-1.702f * x[i]));
       break;
     case Activation::kSilu:
+#pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
       break;
     case Activation::kRelu:
+#pragma omp parallel for schedule(static) if (n > 65536)
       for (int64_t i = 0; i < n; ++i) x[i] = std::max(x[i], 0.0f);
       break;
   }
 }
 
 void add(const float* a, const float* b, float* y, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
 }
 
@@ -135,6 +157,7 @@ void upsample_nearest(const float* x, float* y, int64_t planes, int64_t h, int64
 }
 
 void softmax_rows(float* x, int64_t rows, int64_t dim) {
+#pragma omp parallel for schedule(static) if (rows * dim > 65536)
   for (int64_t r = 0; r < rows; ++r) {
     float* row = x + r * dim;
     const float mx = *std::max_element(row, row + dim);
@@ -157,19 +180,16 @@ void attention(const AttentionArgs& a) {
     const float* v = a.v + h * a.head_dim;
     float* out = a.out + h * a.head_dim;
     // scores[i, j] = scale · q_i · k_j
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(a.seq_q), static_cast<blasint>(a.seq_kv),
-                static_cast<blasint>(a.head_dim), scale, q, static_cast<blasint>(a.q_stride), k,
-                static_cast<blasint>(a.k_stride), 0.0f, scores.data(), static_cast<blasint>(a.seq_kv));
+    sgemm(false, true, a.seq_q, a.seq_kv, a.head_dim, scale, q, a.q_stride, k, a.k_stride, 0.0f, scores.data(),
+          a.seq_kv);
     if (a.causal) {
       for (int64_t i = 0; i < a.seq_q; ++i)
         for (int64_t j = i + 1; j < a.seq_kv; ++j) scores[i * a.seq_kv + j] = -std::numeric_limits<float>::infinity();
     }
     softmax_rows(scores.data(), a.seq_q, a.seq_kv);
     // out_h = scores · v_h
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(a.seq_q),
-                static_cast<blasint>(a.head_dim), static_cast<blasint>(a.seq_kv), 1.0f, scores.data(),
-                static_cast<blasint>(a.seq_kv), v, static_cast<blasint>(a.v_stride), 0.0f, out,
-                static_cast<blasint>(a.out_stride));
+    sgemm(false, false, a.seq_q, a.head_dim, a.seq_kv, 1.0f, scores.data(), a.seq_kv, v, a.v_stride, 0.0f, out,
+          a.out_stride);
   }
 }
 

@@ -1,0 +1,206 @@
+// Text-to-image, stage by stage, as diffusers' StableDiffusionPipeline.__call__ runs it:
+//   encode_prompt -> set_timesteps -> prepare_latents (randn · init_noise_sigma) -> for each timestep:
+//   scale_model_input, UNet on [uncond; cond], guidance, scheduler.step -> latents / scaling_factor -> VAE decode.
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "pipeline/model_impl.h"
+#include "sdrt/error.h"
+
+namespace sdrt {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+[[noreturn]] void invalid(const std::string& message) { throw Error(ErrorKind::kInvalidArgument, message); }
+
+const Model::Impl& require_generation(const Model::Impl& m) {
+  if (!m.unet || !m.vae || !m.scheduler_config)
+    throw Error(ErrorKind::kInternal, "model was loaded for text encoding only");
+  return m;
+}
+
+int64_t vae_factor(const Model::Impl& m) { return m.vae->config().downscale_factor(); }
+
+void check_finite(const Tensor& t, const std::string& what) {
+  const float* d = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(d[i]))
+      throw Error(ErrorKind::kModel, fmt::format("{} contain NaN or Inf (value {} at index {})", what, d[i], i));
+}
+
+}  // namespace
+
+struct Sampling::State {
+  std::unique_ptr<schedulers::Scheduler> scheduler;
+  schedulers::TorchGenerator generator;
+  Tensor latents;  // [1, C, h, w]
+};
+
+Sampling::Sampling(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Sampling::Sampling(Sampling&&) noexcept = default;
+Sampling& Sampling::operator=(Sampling&&) noexcept = default;
+Sampling::~Sampling() = default;
+const Tensor& Sampling::latents() const { return state_->latents; }
+int Sampling::steps() const { return static_cast<int>(state_->scheduler->timesteps().size()); }
+const std::vector<double>& Sampling::timesteps() const { return state_->scheduler->timesteps(); }
+
+namespace {
+
+void check_size(const char* name, int value, int64_t factor) {
+  if (value < 0 || value % factor != 0 || (value == 0 && factor == 0))
+    invalid(fmt::format("--{} {} must be a positive multiple of {}", name, value, factor));
+  if (value > 16384) invalid(fmt::format("--{} {} is larger than 16384", name, value));
+}
+
+}  // namespace
+
+void validate_options(const GenerateOptions& o) {
+  check_size("width", o.width, 8);  // 0 stands for the model's default
+  check_size("height", o.height, 8);
+  if (o.steps < 1) invalid(fmt::format("--steps {} must be at least 1", o.steps));
+  if (o.steps > 10000) invalid(fmt::format("--steps {} is more than 10000", o.steps));
+  if (!std::isfinite(o.cfg_scale)) invalid("--cfg-scale must be a finite number");
+  if (o.rng != "cpu") invalid(fmt::format("--rng \"{}\" is not supported (cpu)", o.rng));
+  if (!o.scheduler.empty()) schedulers::parse_scheduler_name(o.scheduler);
+}
+
+GenerateOptions Model::resolve(const GenerateOptions& options) const {
+  const auto& m = require_generation(*impl_);
+  validate_options(options);
+  GenerateOptions o = options;
+  const int64_t factor = vae_factor(m);
+  const int64_t default_size = m.unet->config().sample_size * factor;
+  if (o.width == 0) o.width = static_cast<int>(default_size);
+  if (o.height == 0) o.height = static_cast<int>(default_size);
+  check_size("width", o.width, factor);
+  check_size("height", o.height, factor);
+  const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
+                                        : schedulers::parse_scheduler_name(o.scheduler);
+  if (o.karras && (kind == schedulers::SchedulerKind::kPndm || kind == schedulers::SchedulerKind::kDdim))
+    invalid("--karras applies to the euler, euler_a and dpmpp_2m schedulers");
+  if (o.init_noise) {
+    const Shape want{1, m.unet->config().in_channels, o.height / factor, o.width / factor};
+    if (o.init_noise->shape() != want || o.init_noise->dtype() != DType::kF32)
+      invalid(fmt::format("initial noise has shape {} ({}), expected {} float32 for {}x{}",
+                          shape_to_string(o.init_noise->shape()), dtype_name(o.init_noise->dtype()),
+                          shape_to_string(want), o.width, o.height));
+  }
+  return o;
+}
+
+Tensor Model::encode_prompts(const GenerateOptions& options) const {
+  const Tensor cond = encode_prompt(options.prompt);  // [1, 77, D]
+  if (!(options.cfg_scale > 1.0)) return cond;
+  // diffusers encodes "" when no negative prompt is given, and puts the unconditional half first.
+  const Tensor uncond = encode_prompt(options.negative_prompt);
+  const int64_t S = cond.dim(1), D = cond.dim(2);
+  Tensor both({2, S, D}, DType::kF32);
+  std::memcpy(both.data<float>(), uncond.data<float>(), uncond.nbytes());
+  std::memcpy(both.data<float>() + S * D, cond.data<float>(), cond.nbytes());
+  return both;
+}
+
+Sampling Model::prepare_latents(const GenerateOptions& options) const {
+  const auto& m = require_generation(*impl_);
+  const GenerateOptions o = resolve(options);
+  const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
+                                        : schedulers::parse_scheduler_name(o.scheduler);
+  auto state = std::unique_ptr<Sampling::State>(new Sampling::State{
+      schedulers::make_scheduler(kind, *m.scheduler_config, o.karras), schedulers::TorchGenerator(o.seed), {}});
+  state->scheduler->set_timesteps(o.steps);
+  const int64_t factor = vae_factor(m);
+  const Shape shape{1, m.unet->config().in_channels, o.height / factor, o.width / factor};
+  state->latents = o.init_noise ? o.init_noise->to(DType::kF32) : state->generator.randn(shape);
+  const float sigma = state->scheduler->init_noise_sigma();
+  float* d = state->latents.data<float>();
+  for (int64_t i = 0; i < state->latents.numel(); ++i) d[i] *= sigma;
+  return Sampling(std::move(state));
+}
+
+Tensor Model::denoise(Sampling& sampling, const Tensor& context, double cfg_scale, const StepCallback& on_step) const {
+  const auto& m = require_generation(*impl_);
+  auto& s = *sampling.state_;
+  const bool guidance = context.dim(0) == 2;
+  const auto& timesteps = s.scheduler->timesteps();
+  const int total = static_cast<int>(timesteps.size());
+  const float g = static_cast<float>(cfg_scale);
+  for (size_t i = 0; i < timesteps.size(); ++i) {
+    const Tensor scaled = s.scheduler->scale_model_input(s.latents, i);  // [1, C, h, w]
+    Tensor input = scaled;
+    if (guidance) {  // [uncond; cond] share the same latents
+      input = Tensor({2, scaled.dim(1), scaled.dim(2), scaled.dim(3)}, DType::kF32);
+      std::memcpy(input.data<float>(), scaled.data<float>(), scaled.nbytes());
+      std::memcpy(input.data<float>() + scaled.numel(), scaled.data<float>(), scaled.nbytes());
+    }
+    const Tensor out = m.unet->forward(input, timesteps[i], context);
+    Tensor noise_pred = Tensor(scaled.shape(), DType::kF32);
+    if (guidance) {  // uncond + g · (cond - uncond)
+      const float* uncond = out.data<float>();
+      const float* cond = uncond + scaled.numel();
+      float* p = noise_pred.data<float>();
+      for (int64_t k = 0; k < scaled.numel(); ++k) p[k] = uncond[k] + g * (cond[k] - uncond[k]);
+    } else {
+      noise_pred = out;
+    }
+    s.latents = s.scheduler->step(noise_pred, i, s.latents, s.generator);
+    check_finite(s.latents, fmt::format("latents after step {}", i + 1));
+    if (on_step && !on_step(static_cast<int>(i) + 1, total))
+      throw Error(ErrorKind::kCancelled, fmt::format("cancelled after step {} of {}", i + 1, total));
+  }
+  return s.latents;
+}
+
+Image Model::decode_latents(const Tensor& latents) const {
+  const auto& m = require_generation(*impl_);
+  const auto& vae = m.vae->config();
+  Tensor z = latents.to(DType::kF32);
+  const float scale = static_cast<float>(vae.scaling_factor);
+  const float shift = static_cast<float>(vae.shift_factor.value_or(0.0));
+  float* d = z.data<float>();
+  for (int64_t i = 0; i < z.numel(); ++i) d[i] = d[i] / scale + shift;
+  const Tensor image = m.vae->decode(z);  // [1, 3, H, W]
+  check_finite(image, "decoded image values");
+  return Image{static_cast<int>(image.dim(3)), static_cast<int>(image.dim(2)), models::image_to_rgb8(image)};
+}
+
+Image Model::txt2img(const GenerateOptions& options, const StepCallback& on_step, StageTimes* times) const {
+  const GenerateOptions o = resolve(options);
+  StageTimes t;
+  auto start = Clock::now();
+  const Tensor context = encode_prompts(o);
+  t.encode_prompt = seconds_since(start);
+  start = Clock::now();
+  Sampling sampling = prepare_latents(o);
+  t.prepare_latents = seconds_since(start);
+  start = Clock::now();
+  const Tensor latents = denoise(sampling, context, o.cfg_scale, on_step);
+  t.unet_infer = seconds_since(start);
+  start = Clock::now();
+  Image image = decode_latents(latents);
+  t.decode_latents = seconds_since(start);
+  if (times) *times = t;
+  return image;
+}
+
+std::string Model::parameters_text(const GenerateOptions& o) const {
+  const auto& m = require_generation(*impl_);
+  const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
+                                        : schedulers::parse_scheduler_name(o.scheduler);
+  std::string text = o.prompt + "\n";
+  if (!o.negative_prompt.empty()) text += "Negative prompt: " + o.negative_prompt + "\n";
+  text += fmt::format("Steps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}", o.steps,
+                      schedulers::sampler_display_name(kind, o.karras), o.cfg_scale, o.seed, o.width, o.height,
+                      m.name);
+  return text;
+}
+
+}  // namespace sdrt
