@@ -4,6 +4,7 @@
 //   bench_cpu --model /tmp/sd15-random --size 256 --steps 3 [--vae]
 //
 // Prints the median time per UNet call and per VAE decode, and the peak resident memory.
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -11,8 +12,8 @@
 #include <random>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include "models/unet.h"
 #include "models/vae.h"
@@ -42,6 +43,10 @@ double peak_rss_gb() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Keep freed activation buffers in the heap instead of returning them to the kernel: every UNet call
+  // allocates the same large tensors again, and fresh mmap'd pages cost a page fault each.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{"sdrt CPU benchmark: UNet step and VAE decode"};
   std::string model;
   int size = 256, steps = 3;
@@ -55,8 +60,8 @@ int main(int argc, char** argv) {
     using Clock = std::chrono::steady_clock;
     auto start = Clock::now();
     const auto unet = sdrt::models::UNet::from_folder(std::filesystem::path(model) / "unet");
-    fmt::print("load unet: {:.2f} s ({} parameters)\n", std::chrono::duration<double>(Clock::now() - start).count(),
-               unet.parameter_count());
+    fmt::print("load unet: {:.2f} s ({} parameters)\n",
+               std::chrono::duration<double>(Clock::now() - start).count(), unet.parameter_count());
     const int64_t h = size / 8;
     const auto sample = random_tensor({2, unet.config().in_channels, h, h}, 1);
     const auto context = random_tensor({2, 77, unet.config().cross_attention_dim}, 2);
@@ -68,8 +73,8 @@ int main(int argc, char** argv) {
       fmt::print("unet step {} ({}): {:.3f} s\n", i, i == 0 ? "warm-up" : "timed", s);
       if (i > 0) times.push_back(s);
     }
-    fmt::print("RESULT unet {}x{} batch 2: median {:.3f} s/step over {} steps; peak RSS {:.2f} GB\n", size, size,
-               median(times), times.size(), peak_rss_gb());
+    fmt::print("RESULT unet {}x{} batch 2: median {:.3f} s/step over {} steps; peak RSS {:.2f} GB\n", size,
+               size, median(times), times.size(), peak_rss_gb());
     if (vae) {
       const auto autoencoder =
           sdrt::models::AutoencoderKL::from_folder(std::filesystem::path(model) / "vae", {.encoder = false});

@@ -7,7 +7,7 @@ seconds="${1:-60}"
 cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz -j "$(nproc)"
 work="build/fuzz/run"
-for target in safetensors npy; do
+for target in safetensors npy pickle; do
   mkdir -p "$work/$target"
   dict=()
   if [ -f "tests/fuzz/$target.dict" ]; then dict=(-dict="tests/fuzz/$target.dict"); fi

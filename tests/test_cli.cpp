@@ -16,14 +16,17 @@ using testing::run_cli;
 using testing::shell_quote;
 using testing::TempDir;
 
-int count_lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+int count_lines(const std::string& s) {
+  return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
+}
 
 // The failure is reported as exactly one "sdrt: error: ..." line, the last thing on stderr (stage timings of
 // stages that completed before it may precede it).
 void expect_one_error_line(const testing::CommandResult& r, const std::string& needle) {
   EXPECT_NE(r.exit_code, 0);
   size_t errors = 0;
-  for (size_t pos = r.err.find("sdrt: error:"); pos != std::string::npos; pos = r.err.find("sdrt: error:", pos + 1))
+  for (size_t pos = r.err.find("sdrt: error:"); pos != std::string::npos;
+       pos = r.err.find("sdrt: error:", pos + 1))
     ++errors;
   EXPECT_EQ(errors, 1u) << r.err;
   const auto last_line = r.err.rfind('\n', r.err.size() >= 2 ? r.err.size() - 2 : 0);
@@ -41,8 +44,8 @@ TEST(Cli, TokenizeMatchesTransformersOnEveryFixturePrompt) {
     const std::string key = model == std::string("tiny-sd1") ? "sd1" : "sd2";
     for (const auto& c : cases) {
       const std::string prompt = c["prompt"];
-      const auto r = run_cli("tokenize --model " + shell_quote((fixtures_dir() / model).string()) + " --prompt " +
-                             shell_quote(prompt));
+      const auto r = run_cli("tokenize --model " + shell_quote((fixtures_dir() / model).string()) +
+                             " --prompt " + shell_quote(prompt));
       ASSERT_EQ(r.exit_code, 0) << r.err;
       EXPECT_EQ(nlohmann::json::parse(r.out), c[key]) << model << " prompt: " << prompt;
     }
@@ -63,7 +66,8 @@ TEST(Cli, EncodeWritesTheLastHiddenState) {
   const Tensor got = io::read_npy(out);
   const Tensor want = io::read_npy(dir / "reference" / cases[0]["last_hidden_state"].get<std::string>());
   ASSERT_EQ(got.shape(), (Shape{1, 77, 32}));
-  for (int64_t i = 0; i < got.numel(); ++i) ASSERT_NEAR(got.data<float>()[i], want.data<float>()[i], 1e-4) << i;
+  for (int64_t i = 0; i < got.numel(); ++i)
+    ASSERT_NEAR(got.data<float>()[i], want.data<float>()[i], 1e-4) << i;
 }
 
 TEST(Cli, InfoListsComponents) {
@@ -99,9 +103,13 @@ TEST(Cli, MissingRequiredOption) {
   expect_one_error_line(run_cli("encode --prompt y --output /tmp/x.npy"), "--model");
 }
 
-TEST(Cli, NoSubcommand) { EXPECT_NE(run_cli("").exit_code, 0); }
+TEST(Cli, NoSubcommand) {
+  EXPECT_NE(run_cli("").exit_code, 0);
+}
 
-TEST(Cli, UnknownSubcommand) { expect_one_error_line(run_cli("paint --model x"), "paint"); }
+TEST(Cli, UnknownSubcommand) {
+  expect_one_error_line(run_cli("paint --model x"), "paint");
+}
 
 TEST(Cli, MissingModelFolder) {
   expect_one_error_line(run_cli("tokenize --model /nonexistent/model --prompt hi"), "/nonexistent/model");
@@ -140,8 +148,8 @@ TEST(Cli, FailedWriteKeepsTheOldFile) {
 // ---- txt2img
 
 std::string tiny_txt2img(const std::string& extra) {
-  return "txt2img --model " + shell_quote((fixtures_dir() / "tiny-sd1").string()) + " --prompt 'a red circle' " +
-         extra;
+  return "txt2img --model " + shell_quote((fixtures_dir() / "tiny-sd1").string()) +
+         " --prompt 'a red circle' " + extra;
 }
 
 TEST(CliTxt2Img, WritesTheDiffusersImageWithMetadata) {
@@ -150,9 +158,10 @@ TEST(CliTxt2Img, WritesTheDiffusersImageWithMetadata) {
   const auto cases = io::read_json_file(ref / "pipeline_cases.json")["cases"];
   const auto& c = cases[0];  // the model's own scheduler, default guidance
   const auto out = tmp / "out.png";
-  const auto r = run_cli("txt2img --model " + shell_quote((fixtures_dir() / "tiny-sd1").string()) + " --prompt " +
-                         shell_quote(c["prompt"]) + " --steps " + std::to_string(c["steps"].get<int>()) +
-                         " --seed " + std::to_string(c["seed"].get<int>()) + " --output " + shell_quote(out.string()));
+  const auto r =
+      run_cli("txt2img --model " + shell_quote((fixtures_dir() / "tiny-sd1").string()) + " --prompt " +
+              shell_quote(c["prompt"]) + " --steps " + std::to_string(c["steps"].get<int>()) + " --seed " +
+              std::to_string(c["seed"].get<int>()) + " --output " + shell_quote(out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* stage : {"load_model", "encode_prompt", "prepare_latents", "unet_infer", "decode_latents"})
     EXPECT_NE(r.err.find(std::string("Function ") + stage + " took"), std::string::npos) << r.err;
@@ -165,9 +174,10 @@ TEST(CliTxt2Img, WritesTheDiffusersImageWithMetadata) {
   EXPECT_LE(worst, 3);
   ASSERT_EQ(got.text.size(), 1u);
   EXPECT_EQ(got.text[0].first, "parameters");
-  EXPECT_EQ(got.text[0].second, std::string(c["prompt"]) + "\nSteps: " + std::to_string(c["steps"].get<int>()) +
-                                    ", Sampler: PNDM, CFG scale: 7.5, Seed: " + std::to_string(c["seed"].get<int>()) +
-                                    ", Size: 64x64, Model: tiny-sd1");
+  EXPECT_EQ(got.text[0].second,
+            std::string(c["prompt"]) + "\nSteps: " + std::to_string(c["steps"].get<int>()) +
+                ", Sampler: PNDM, CFG scale: 7.5, Seed: " + std::to_string(c["seed"].get<int>()) +
+                ", Size: 64x64, Model: tiny-sd1");
 }
 
 TEST(CliTxt2Img, BadOptionsFailWithoutWritingAnything) {
@@ -180,12 +190,12 @@ TEST(CliTxt2Img, BadOptionsFailWithoutWritingAnything) {
   expect_one_error_line(run_cli(tiny_txt2img("--scheduler lms" + o)), "lms");
   expect_one_error_line(run_cli(tiny_txt2img("--steps many" + o)), "--steps");
   expect_one_error_line(run_cli(tiny_txt2img("--device tpu" + o)), "tpu");
-  expect_one_error_line(run_cli(tiny_txt2img("--output " + shell_quote((tmp / "missing" / "x.png").string()))),
-                        "missing");
+  expect_one_error_line(
+      run_cli(tiny_txt2img("--output " + shell_quote((tmp / "missing" / "x.png").string()))), "missing");
   // Initial noise of the wrong shape, and of the wrong dtype.
   io::write_npy(tmp / "noise.npy", Tensor({1, 4, 8, 7}, DType::kF32));
-  expect_one_error_line(run_cli(tiny_txt2img("--init-noise " + shell_quote((tmp / "noise.npy").string()) + o)),
-                        "[1, 4, 8, 7]");
+  expect_one_error_line(
+      run_cli(tiny_txt2img("--init-noise " + shell_quote((tmp / "noise.npy").string()) + o)), "[1, 4, 8, 7]");
   std::string f64 = "\x93NUMPY\x01";
   f64 += '\0';
   const std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 4, 8, 8), }";
@@ -193,8 +203,9 @@ TEST(CliTxt2Img, BadOptionsFailWithoutWritingAnything) {
   f64 += '\0';
   f64 += header + std::string(8 * 256, '\0');
   testing::write_file(tmp / "noise64.npy", f64);
-  expect_one_error_line(run_cli(tiny_txt2img("--init-noise " + shell_quote((tmp / "noise64.npy").string()) + o)),
-                        "noise64.npy");
+  expect_one_error_line(
+      run_cli(tiny_txt2img("--init-noise " + shell_quote((tmp / "noise64.npy").string()) + o)),
+      "noise64.npy");
   EXPECT_FALSE(std::filesystem::exists(out));
 }
 

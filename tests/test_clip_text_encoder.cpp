@@ -1,5 +1,5 @@
-// Golden tests: sdrt's CLIP text encoder against transformers' CLIPTextModel (fp32) on the tiny fixture models
-// made by scripts/make_fixtures.py.
+// Golden tests: sdrt's CLIP text encoder against transformers' CLIPTextModel (fp32) on the tiny fixture
+// models made by scripts/make_fixtures.py.
 #include <cmath>
 
 #include <gtest/gtest.h>
@@ -21,7 +21,8 @@ float max_abs_diff(const Tensor& a, const Tensor& b) {
   float worst = 0.0f;
   const float* pa = a.data<float>();
   const float* pb = b.data<float>();
-  for (int64_t i = 0; i < std::min(a.numel(), b.numel()); ++i) worst = std::max(worst, std::fabs(pa[i] - pb[i]));
+  for (int64_t i = 0; i < std::min(a.numel(), b.numel()); ++i)
+    worst = std::max(worst, std::fabs(pa[i] - pb[i]));
   return worst;
 }
 
@@ -54,7 +55,8 @@ TEST_P(ClipTextEncoderGolden, MatchesTransformers) {
       const Tensor got = enc.hidden_states[layer];
       ASSERT_EQ(got.numel(), per_layer);
       float worst = 0.0f;
-      for (int64_t i = 0; i < per_layer; ++i) worst = std::max(worst, std::fabs(got.data<float>()[i] - want[i]));
+      for (int64_t i = 0; i < per_layer; ++i)
+        worst = std::max(worst, std::fabs(got.data<float>()[i] - want[i]));
       EXPECT_LE(worst, 1e-4f) << "hidden state " << layer;
     }
 

@@ -35,8 +35,7 @@ double nmse(const std::vector<float>& out, const std::vector<T>& ref) {
   return norm > 0.0 ? err / norm : err;
 }
 
-// ---- conv2d vs conv2d_reference
-// ----------------------------------------------------------------------------------
+// ---- conv2d vs conv2d_reference ---------------------------------------------------------------------------
 
 struct ConvCase {
   std::string name;
@@ -139,8 +138,7 @@ TEST(CpuOps, ConvRejectsInvalidShapes) {
   EXPECT_THROW(cpu::conv2d(&dummy, &dummy, nullptr, &dummy, s), Error);
 }
 
-// ---- group_norm vs a double-precision loop
-// ------------------------------------------------------------------------
+// ---- group_norm vs a double-precision loop ----------------------------------------------------------------
 
 std::vector<double> naive_group_norm(const std::vector<float>& x, const float* gamma, const float* beta,
                                      int64_t batch, int64_t channels, int64_t spatial, int64_t groups,
@@ -200,8 +198,7 @@ TEST(CpuOps, GroupNormMatchesDoublePrecision) {
   }
 }
 
-// ---- upsample_nearest vs torch
-// ------------------------------------------------------------------------------------
+// ---- upsample_nearest vs torch ----------------------------------------------------------------------------
 
 // Source index of each output index, from torch.nn.functional.interpolate(size=..., mode="nearest")
 // (torch 2.x).
@@ -248,8 +245,7 @@ TEST(CpuOps, UpsampleNearestMatchesTorch) {
   }
 }
 
-// ---- attention vs a double-precision loop
-// -------------------------------------------------------------------------
+// ---- attention vs a double-precision loop -----------------------------------------------------------------
 
 TEST(CpuOps, AttentionMatchesNaive) {
   struct Case {

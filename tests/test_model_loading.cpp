@@ -1,5 +1,5 @@
-// Loading diffusers folders: the good fixtures load, and every kind of damage gives one clear sdrt::Error that
-// names the file or field at fault.
+// Loading diffusers folders: the good fixtures load, and every kind of damage gives one clear sdrt::Error
+// that names the file or field at fault.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -25,7 +25,8 @@ void expect_error(Fn fn, ErrorKind kind, std::initializer_list<std::string> need
     const std::string msg = e.what();
     EXPECT_EQ(e.kind(), kind) << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos) << "message must be one line: " << msg;
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+    for (const auto& n : needles)
+      EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
   }
 }
 
@@ -101,7 +102,8 @@ TEST(ModelLoading, ConfigFieldOfWrongType) {
   TempDir tmp;
   const auto dir = copy_fixture("tiny-sd1", tmp);
   edit_json(dir / "text_encoder" / "config.json", [](auto& j) { j["num_hidden_layers"] = "three"; });
-  expect_error([&] { Model::load(dir); }, ErrorKind::kFormat, {"text_encoder/config.json", "num_hidden_layers"});
+  expect_error([&] { Model::load(dir); }, ErrorKind::kFormat,
+               {"text_encoder/config.json", "num_hidden_layers"});
 }
 
 TEST(ModelLoading, UnknownActivation) {
@@ -115,15 +117,17 @@ TEST(ModelLoading, HeadsDoNotDivideHiddenSize) {
   TempDir tmp;
   const auto dir = copy_fixture("tiny-sd1", tmp);
   edit_json(dir / "text_encoder" / "config.json", [](auto& j) { j["num_attention_heads"] = 5; });
-  expect_error([&] { Model::load(dir); }, ErrorKind::kFormat, {"text_encoder/config.json", "num_attention_heads"});
+  expect_error([&] { Model::load(dir); }, ErrorKind::kFormat,
+               {"text_encoder/config.json", "num_attention_heads"});
 }
 
 TEST(ModelLoading, WeightShapeDisagreesWithConfig) {
   TempDir tmp;
   const auto dir = copy_fixture("tiny-sd1", tmp);
   edit_json(dir / "text_encoder" / "config.json", [](auto& j) { j["intermediate_size"] = 64; });
-  expect_error([&] { Model::load(dir); }, ErrorKind::kModel,
-               {"model.fp16.safetensors", "encoder.layers.0.mlp.fc1.weight", "[37, 32]", "[64, 32]", "config.json"});
+  expect_error(
+      [&] { Model::load(dir); }, ErrorKind::kModel,
+      {"model.fp16.safetensors", "encoder.layers.0.mlp.fc1.weight", "[37, 32]", "[64, 32]", "config.json"});
 }
 
 TEST(ModelLoading, ConfigAsksForMoreLayersThanTheWeightsHave) {

@@ -63,7 +63,8 @@ TEST(Npy, RejectsBadFiles) {
   expect_format_error("hello", "magic");
   expect_format_error(npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16), "'<f8'");
   expect_format_error(npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", 8), "Fortran");
-  expect_format_error(npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 8), "24 bytes");
+  expect_format_error(npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 8),
+                      "24 bytes");
   expect_format_error(npy_bytes("{'descr': '<f4', 'fortran_order': False, }", 8), "'shape'");
   expect_format_error(npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }", 8), "shape");
   std::string truncated = npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 8);

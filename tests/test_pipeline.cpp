@@ -1,7 +1,7 @@
-// End-to-end golden tests: sdrt's txt2img against diffusers' StableDiffusionPipeline on the tiny fixture models,
-// for every scheduler, with and without negative prompts and guidance, square and non-square, seeded and with
-// initial noise from a file. Images must agree within 1 level in >= 99% of pixels and 3 levels everywhere; the
-// final latents (before the VAE) within 1e-4 relative.
+// End-to-end golden tests: sdrt's txt2img against diffusers' StableDiffusionPipeline on the tiny fixture
+// models, for every scheduler, with and without negative prompts and guidance, square and non-square, seeded
+// and with initial noise from a file. Images must agree within 1 level in >= 99% of pixels and 3 levels
+// everywhere; the final latents (before the VAE) within 1e-4 relative.
 #include <cmath>
 
 #include <gtest/gtest.h>
@@ -70,7 +70,8 @@ TEST_P(PipelineGolden, MatchesDiffusers) {
     ASSERT_EQ(latents.shape(), want_latents.shape());
     double worst = 0.0, scale = 0.0;
     for (int64_t i = 0; i < latents.numel(); ++i) {
-      worst = std::max(worst, static_cast<double>(std::fabs(latents.data<float>()[i] - want_latents.data<float>()[i])));
+      worst = std::max(
+          worst, static_cast<double>(std::fabs(latents.data<float>()[i] - want_latents.data<float>()[i])));
       scale = std::max(scale, static_cast<double>(std::fabs(want_latents.data<float>()[i])));
     }
     EXPECT_LE(worst / scale, 1e-4) << "latents";
@@ -104,14 +105,58 @@ TEST(PipelineOptions, RejectsBadOptions) {
   };
   GenerateOptions o;
   o.prompt = "x";
-  expect_invalid([&] { auto v = o; v.width = 60; return v; }(), "--width 60");
-  expect_invalid([&] { auto v = o; v.height = -8; return v; }(), "--height -8");
-  expect_invalid([&] { auto v = o; v.steps = 0; return v; }(), "--steps 0");
-  expect_invalid([&] { auto v = o; v.scheduler = "lms"; return v; }(), "lms");
-  expect_invalid([&] { auto v = o; v.karras = true; v.scheduler = "ddim"; return v; }(), "--karras");
-  expect_invalid([&] { auto v = o; v.rng = "cuda"; return v; }(), "--rng");
-  expect_invalid([&] { auto v = o; v.width = 64; v.height = 64; v.init_noise = Tensor({1, 4, 8, 9}, DType::kF32); return v; }(),
-                 "[1, 4, 8, 9]");
+  expect_invalid(
+      [&] {
+        auto v = o;
+        v.width = 60;
+        return v;
+      }(),
+      "--width 60");
+  expect_invalid(
+      [&] {
+        auto v = o;
+        v.height = -8;
+        return v;
+      }(),
+      "--height -8");
+  expect_invalid(
+      [&] {
+        auto v = o;
+        v.steps = 0;
+        return v;
+      }(),
+      "--steps 0");
+  expect_invalid(
+      [&] {
+        auto v = o;
+        v.scheduler = "lms";
+        return v;
+      }(),
+      "lms");
+  expect_invalid(
+      [&] {
+        auto v = o;
+        v.karras = true;
+        v.scheduler = "ddim";
+        return v;
+      }(),
+      "--karras");
+  expect_invalid(
+      [&] {
+        auto v = o;
+        v.rng = "cuda";
+        return v;
+      }(),
+      "--rng");
+  expect_invalid(
+      [&] {
+        auto v = o;
+        v.width = 64;
+        v.height = 64;
+        v.init_noise = Tensor({1, 4, 8, 9}, DType::kF32);
+        return v;
+      }(),
+      "[1, 4, 8, 9]");
   const GenerateOptions resolved = model.resolve(o);
   EXPECT_EQ(resolved.width, 64);  // unet sample_size 8 × VAE factor 8
   EXPECT_EQ(resolved.height, 64);

@@ -37,8 +37,7 @@ void expect_error(Fn fn, ErrorKind kind, std::initializer_list<std::string> need
   }
 }
 
-// ---- Raw libpng access, independent of sdrt's reader and writer
-// ---------------------------------------------------
+// ---- Raw libpng access, independent of sdrt's reader and writer -------------------------------------------
 
 struct RawText {
   int compression;
@@ -100,8 +99,7 @@ bool raw_write(const char* path, png_uint_32 w, png_uint_32 h, int color_type, i
   return true;
 }
 
-// ---- Tests
-// ----------------------------------------------------------------------------------------------------------
+// ---- Tests ------------------------------------------------------------------------------------------------
 
 TEST(Png, RoundTrip) {
   TempDir tmp;

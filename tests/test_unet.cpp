@@ -1,5 +1,5 @@
-// Golden tests: one UNet2DConditionModel call on the tiny fixture models against diffusers (fp32, CPU), square and
-// non-square latents (the non-square ones exercise the odd-size upsampling path).
+// Golden tests: one UNet2DConditionModel call on the tiny fixture models against diffusers (fp32, CPU),
+// square and non-square latents (the non-square ones exercise the odd-size upsampling path).
 #include <cmath>
 
 #include <gtest/gtest.h>

@@ -13,14 +13,17 @@
 
 namespace sdrt::testing {
 
-inline std::filesystem::path fixtures_dir() { return SDRT_FIXTURES_DIR; }
+inline std::filesystem::path fixtures_dir() {
+  return SDRT_FIXTURES_DIR;
+}
 
 // A fresh folder under the system temp dir, removed with everything in it when the object dies.
 class TempDir {
  public:
   TempDir() {
     std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() / ("sdrt-test-" + std::to_string(rd()) + std::to_string(rd()));
+    path_ =
+        std::filesystem::temp_directory_path() / ("sdrt-test-" + std::to_string(rd()) + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
   ~TempDir() {
@@ -63,8 +66,8 @@ struct CommandResult {
 inline CommandResult run_cli(const std::string& args) {
   TempDir tmp;
   const auto out_path = tmp / "stdout", err_path = tmp / "stderr";
-  const std::string cmd = std::string("'") + SDRT_CLI_PATH + "' " + args + " >'" + out_path.string() + "' 2>'" +
-                          err_path.string() + "'";
+  const std::string cmd = std::string("'") + SDRT_CLI_PATH + "' " + args + " >'" + out_path.string() +
+                          "' 2>'" + err_path.string() + "'";
   const int status = std::system(cmd.c_str());
   CommandResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

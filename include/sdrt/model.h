@@ -1,4 +1,5 @@
-// sdrt::Model — a Stable Diffusion checkpoint loaded for inference, the stage calls on it, and one-call txt2img.
+// sdrt::Model — a Stable Diffusion checkpoint loaded for inference, the stage calls on it, and one-call
+// txt2img.
 //
 //   auto model = sdrt::Model::load("models/sd15");               // diffusers folder
 //   sdrt::GenerateOptions o;  o.prompt = "a red circle";  o.seed = 42;
@@ -29,12 +30,16 @@ namespace sdrt {
 
 struct LoadOptions {
   bool text_encoder_only = false;  // tokenizer + text encoder (for tokenize / encode)
+  // "epsilon" | "v_prediction": overrides the scheduler's (single files cannot tell SD 2.x 768-v models apart).
+  std::optional<std::string> prediction_type;
+  // A VAE file (original or diffusers layout) used instead of the model's own.
+  std::filesystem::path vae;
 };
 
 // What `sdrt info` shows: the components found and their key configuration values.
 struct ComponentInfo {
-  std::string name;        // "text_encoder"
-  std::string class_name;  // "CLIPTextModel"
+  std::string name;                                          // "text_encoder"
+  std::string class_name;                                    // "CLIPTextModel"
   std::vector<std::pair<std::string, std::string>> details;  // ("hidden_size", "768"), ...
 };
 struct ModelInfo {
@@ -44,9 +49,10 @@ struct ModelInfo {
 };
 
 struct PromptEncoding {
-  Tensor last_hidden_state;           // [1, 77, hidden] — what the UNet cross-attends to
-  std::vector<Tensor> hidden_states;  // every layer's output [1, 77, hidden] (embeddings first), for clip skip
-  Tensor pooler_output;               // [1, hidden] at the end-of-text token
+  Tensor last_hidden_state;  // [1, 77, hidden] — what the UNet cross-attends to
+  std::vector<Tensor>
+      hidden_states;     // every layer's output [1, 77, hidden] (embeddings first), for clip skip
+  Tensor pooler_output;  // [1, hidden] at the end-of-text token
 };
 
 struct GenerateOptions {
@@ -54,11 +60,11 @@ struct GenerateOptions {
   std::string negative_prompt;
   int width = 0, height = 0;  // 0: the model's default (unet sample_size × VAE factor, 512 for SD 1.5)
   int steps = 50;
-  double cfg_scale = 7.5;     // > 1 runs classifier-free guidance (unconditional + conditional in one batch)
-  std::string scheduler;      // "", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m"; "" = the model's own
-  bool karras = false;        // Karras sigmas (euler, euler_a, dpmpp_2m)
+  double cfg_scale = 7.5;  // > 1 runs classifier-free guidance (unconditional + conditional in one batch)
+  std::string scheduler;   // "", "pndm", "ddim", "euler", "euler_a", "dpmpp_2m"; "" = the model's own
+  bool karras = false;     // Karras sigmas (euler, euler_a, dpmpp_2m)
   uint64_t seed = 0;
-  std::string rng = "cpu";    // "cpu": torch.Generator("cpu").manual_seed(seed) draws
+  std::string rng = "cpu";           // "cpu": torch.Generator("cpu").manual_seed(seed) draws
   std::optional<Tensor> init_noise;  // [1, 4, height/8, width/8] float32, instead of the seeded draw
 };
 
@@ -75,8 +81,8 @@ struct StageTimes {  // seconds
 // caller can fail before loading anything; Model::resolve repeats them against the model.
 void validate_options(const GenerateOptions& options);
 
-// Called after every denoising step with (steps done, total steps); return false to cancel (the call then throws
-// sdrt::Error of kind kCancelled).
+// Called after every denoising step with (steps done, total steps); return false to cancel (the call then
+// throws sdrt::Error of kind kCancelled).
 using StepCallback = std::function<bool(int, int)>;
 
 // The state of one sampling run: scheduler with its timesteps, the random generator, the current latents.
@@ -98,7 +104,8 @@ class Sampling {
 
 class Model {
  public:
-  // Loads a diffusers folder: tokenizer, text encoder, and (unless text_encoder_only) unet, vae, scheduler.
+  // Loads a diffusers folder: tokenizer, text encoder, and (unless text_encoder_only) unet, vae, scheduler; or a
+  // single-file SD 1.x / 2.x checkpoint in the original layout (.safetensors / .ckpt, see io/single_file.h).
   static Model load(const std::filesystem::path& path, const LoadOptions& options = {});
   // Describes a model without loading its weights (reads configs and safetensors headers only).
   static ModelInfo inspect(const std::filesystem::path& path);

@@ -34,9 +34,9 @@ inline uint16_t f32_to_f16(float f) {
   const uint32_t x = std::bit_cast<uint32_t>(f);
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // nan
+  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // nan
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow (after rounding) -> inf
-  if (abs < 0x38800000u) {  // result is subnormal or zero
+  if (abs < 0x38800000u) {                                               // result is subnormal or zero
     if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
     const uint32_t exponent = abs >> 23;
     const uint32_t mantissa = (abs & 0x7fffffu) | 0x800000u;
@@ -53,8 +53,8 @@ inline uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | half);
 }
 
-// f16 -> f32 for bulk conversion (weights at load time): a 65,536-entry table built once on first use, several
-// times faster than the branchy bit manipulation above and exact by construction.
+// f16 -> f32 for bulk conversion (weights at load time): a 65,536-entry table built once on first use,
+// several times faster than the branchy bit manipulation above and exact by construction.
 inline const float* f16_to_f32_table() {
   static const float* table = [] {
     static float t[65536];
@@ -64,7 +64,9 @@ inline const float* f16_to_f32_table() {
   return table;
 }
 
-inline float bf16_to_f32(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+inline float bf16_to_f32(uint16_t b) {
+  return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+}
 
 inline uint16_t f32_to_bf16(float f) {
   const uint32_t x = std::bit_cast<uint32_t>(f);

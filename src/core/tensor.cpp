@@ -12,14 +12,19 @@ namespace sdrt {
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
   }
   return "?";
 }
 
-size_t dtype_size(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
+size_t dtype_size(DType dtype) {
+  return dtype == DType::kF32 ? 4 : 2;
+}
 
 std::string shape_to_string(const Shape& shape) {
   std::string s = "[";
@@ -45,8 +50,8 @@ Tensor::Tensor(Shape shape, DType dtype)
 Tensor Tensor::from_f32(Shape shape, std::span<const float> values) {
   Tensor t(std::move(shape), DType::kF32);
   if (static_cast<int64_t>(values.size()) != t.numel())
-    throw Error(ErrorKind::kInternal, fmt::format("from_f32: {} values for shape {}", values.size(),
-                                                  shape_to_string(t.shape())));
+    throw Error(ErrorKind::kInternal,
+                fmt::format("from_f32: {} values for shape {}", values.size(), shape_to_string(t.shape())));
   std::memcpy(t.raw_data(), values.data(), t.nbytes());
   return t;
 }
@@ -55,7 +60,8 @@ int64_t Tensor::dim(int i) const {
   const int r = rank();
   const int k = i < 0 ? i + r : i;
   if (k < 0 || k >= r)
-    throw Error(ErrorKind::kInternal, fmt::format("dim {} out of range for shape {}", i, shape_to_string(shape_)));
+    throw Error(ErrorKind::kInternal,
+                fmt::format("dim {} out of range for shape {}", i, shape_to_string(shape_)));
   return shape_[static_cast<size_t>(k)];
 }
 
@@ -63,9 +69,13 @@ namespace {
 template <typename T>
 constexpr DType dtype_of();
 template <>
-constexpr DType dtype_of<float>() { return DType::kF32; }
+constexpr DType dtype_of<float>() {
+  return DType::kF32;
+}
 template <>
-constexpr DType dtype_of<uint16_t>() { return DType::kF16; }  // F16 or BF16 raw bits; checked by size below
+constexpr DType dtype_of<uint16_t>() {
+  return DType::kF16;
+}  // F16 or BF16 raw bits; checked by size below
 }  // namespace
 
 template <typename T>
@@ -75,9 +85,11 @@ T* Tensor::data() {
 
 template <typename T>
 const T* Tensor::data() const {
-  const bool ok = sizeof(T) == dtype_size(dtype_) && (dtype_of<T>() == DType::kF32) == (dtype_ == DType::kF32);
+  const bool ok =
+      sizeof(T) == dtype_size(dtype_) && (dtype_of<T>() == DType::kF32) == (dtype_ == DType::kF32);
   if (!ok)
-    throw Error(ErrorKind::kInternal, fmt::format("typed access does not match tensor dtype {}", dtype_name(dtype_)));
+    throw Error(ErrorKind::kInternal,
+                fmt::format("typed access does not match tensor dtype {}", dtype_name(dtype_)));
   return static_cast<const T*>(raw_data());
 }
 
@@ -107,13 +119,15 @@ Tensor Tensor::to(DType dtype) const {
     std::memcpy(tmp.data(), raw_data(), nbytes());
   } else {
     const auto* src = data<uint16_t>();
-    for (int64_t i = 0; i < numel_; ++i) tmp[i] = dtype_ == DType::kF16 ? f16_to_f32(src[i]) : bf16_to_f32(src[i]);
+    for (int64_t i = 0; i < numel_; ++i)
+      tmp[i] = dtype_ == DType::kF16 ? f16_to_f32(src[i]) : bf16_to_f32(src[i]);
   }
   if (dtype == DType::kF32) {
     std::memcpy(out.raw_data(), tmp.data(), out.nbytes());
   } else {
     auto* dst = out.data<uint16_t>();
-    for (int64_t i = 0; i < numel_; ++i) dst[i] = dtype == DType::kF16 ? f32_to_f16(tmp[i]) : f32_to_bf16(tmp[i]);
+    for (int64_t i = 0; i < numel_; ++i)
+      dst[i] = dtype == DType::kF16 ? f32_to_f16(tmp[i]) : f32_to_bf16(tmp[i]);
   }
   return out;
 }

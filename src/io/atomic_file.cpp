@@ -18,13 +18,15 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view b
   const fs::path parent = path.has_parent_path() ? path.parent_path() : fs::path(".");
   std::error_code ec;
   if (!fs::is_directory(parent, ec))
-    throw Error(ErrorKind::kIo, fmt::format("{}: output folder {} does not exist", path.string(), parent.string()));
+    throw Error(ErrorKind::kIo,
+                fmt::format("{}: output folder {} does not exist", path.string(), parent.string()));
   if (fs::is_directory(path, ec))
     throw Error(ErrorKind::kIo, fmt::format("{}: is a folder, not a file", path.string()));
 
   std::string tmpl = (parent / ("." + path.filename().string() + ".tmp-XXXXXX")).string();
   const int fd = mkstemp(tmpl.data());
-  if (fd < 0) throw Error(ErrorKind::kIo, fmt::format("{}: cannot create file: {}", path.string(), strerror(errno)));
+  if (fd < 0)
+    throw Error(ErrorKind::kIo, fmt::format("{}: cannot create file: {}", path.string(), strerror(errno)));
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);

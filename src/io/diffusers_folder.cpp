@@ -12,12 +12,14 @@ DiffusersFolder DiffusersFolder::open(const std::filesystem::path& root) {
   if (!std::filesystem::exists(root, ec))
     throw Error(ErrorKind::kIo, fmt::format("{}: no such model folder", root.string()));
   if (!std::filesystem::is_directory(root, ec))
-    throw Error(ErrorKind::kUnsupported,
-                fmt::format("{}: not a folder (single-file checkpoints are not supported yet)", root.string()));
+    throw Error(
+        ErrorKind::kUnsupported,
+        fmt::format("{}: not a folder (single-file checkpoints are not supported yet)", root.string()));
   const auto index_path = root / "model_index.json";
   if (!std::filesystem::exists(index_path, ec))
-    throw Error(ErrorKind::kIo,
-                fmt::format("{}: no model_index.json, so this is not a diffusers model folder", root.string()));
+    throw Error(
+        ErrorKind::kIo,
+        fmt::format("{}: no model_index.json, so this is not a diffusers model folder", root.string()));
   const auto index = read_json_file(index_path);
   const std::string what = index_path.string();
   if (!index.is_object()) throw Error(ErrorKind::kFormat, fmt::format("{}: expected a JSON object", what));
@@ -28,14 +30,16 @@ DiffusersFolder DiffusersFolder::open(const std::filesystem::path& root) {
   f.diffusers_version_ = get_string(index, "_diffusers_version", "", what);
   for (const auto& [key, value] : index.items()) {
     if (key.starts_with("_")) continue;
-    // Components are ["library", "ClassName"]; other fields (e.g. "requires_safety_checker") are plain values.
+    // Components are ["library", "ClassName"]; other fields (e.g. "requires_safety_checker") are plain
+    // values.
     if (!value.is_array()) continue;
     if (value.size() != 2)
       throw Error(ErrorKind::kFormat,
                   fmt::format("{}: field \"{}\" must be [library, class] (a list of two)", what, key));
     if (value[0].is_null() && value[1].is_null()) continue;
     if (!value[0].is_string() || !value[1].is_string())
-      throw Error(ErrorKind::kFormat, fmt::format("{}: field \"{}\" must be [library, class] strings", what, key));
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("{}: field \"{}\" must be [library, class] strings", what, key));
     f.components_.push_back({key, value[0].get<std::string>(), value[1].get<std::string>()});
   }
   return f;
@@ -49,9 +53,8 @@ const DiffusersComponent* DiffusersFolder::find(const std::string& name) const {
 
 std::filesystem::path DiffusersFolder::component_dir(const std::string& name) const {
   if (!find(name))
-    throw Error(ErrorKind::kModel,
-                fmt::format("{}: model_index.json lists no \"{}\" component", (root_ / "model_index.json").string(),
-                            name));
+    throw Error(ErrorKind::kModel, fmt::format("{}: model_index.json lists no \"{}\" component",
+                                               (root_ / "model_index.json").string(), name));
   const auto dir = root_ / name;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))

@@ -17,7 +17,8 @@ struct DiffusersComponent {
 
 class DiffusersFolder {
  public:
-  // Reads <root>/model_index.json; throws sdrt::Error naming the folder or file when either is missing/malformed.
+  // Reads <root>/model_index.json; throws sdrt::Error naming the folder or file when either is
+  // missing/malformed.
   static DiffusersFolder open(const std::filesystem::path& root);
 
   const std::filesystem::path& root() const { return root_; }

@@ -1,4 +1,5 @@
-// Reading JSON files (config.json, model_index.json, vocab.json, ...) with errors that name the file and field.
+// Reading JSON files (config.json, model_index.json, vocab.json, ...) with errors that name the file and
+// field.
 #pragma once
 
 #include <filesystem>

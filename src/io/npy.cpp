@@ -58,7 +58,8 @@ Tensor parse_npy(const void* data, size_t size, const std::string& what) {
   } else {
     bad(what, fmt::format("unsupported format version {}", major));
   }
-  if (header_len > size - header_start) bad(what, fmt::format("header length {} exceeds file size {}", header_len, size));
+  if (header_len > size - header_start)
+    bad(what, fmt::format("header length {} exceeds file size {}", header_len, size));
   const std::string header(reinterpret_cast<const char*>(bytes + header_start), header_len);
 
   const std::string descr = dict_value(header, "descr", what);
@@ -88,8 +89,9 @@ Tensor parse_npy(const void* data, size_t size, const std::string& what) {
   const size_t data_start = header_start + header_len;
   const uint64_t nbytes = numel * 4;
   if (nbytes != size - data_start)
-    throw Error(ErrorKind::kFormat, fmt::format("{}: shape {} needs {} bytes of float32 data but the file has {}",
-                                                what, shape_to_string(shape), nbytes, size - data_start));
+    throw Error(ErrorKind::kFormat,
+                fmt::format("{}: shape {} needs {} bytes of float32 data but the file has {}", what,
+                            shape_to_string(shape), nbytes, size - data_start));
   Tensor t(shape, DType::kF32);
   if (nbytes) std::memcpy(t.raw_data(), bytes + data_start, nbytes);
   return t;

@@ -18,8 +18,7 @@ namespace {
 
 constexpr png_uint_32 kMaxSide = 16384;  // untrusted input: bounds what one image may allocate
 
-// ---- Text encodings
-// ---------------------------------------------------------------------------------------------
+// ---- Text encodings ---------------------------------------------------------------------------------------
 
 // Decodes UTF-8 into code points; false on malformed input (overlong forms, surrogates, > U+10FFFF, NUL).
 bool utf8_to_code_points(const std::string& s, std::vector<char32_t>& out) {
@@ -94,10 +93,9 @@ TextChunk make_chunk(const std::string& key, const std::string& value) {
   return c;
 }
 
-// ---- libpng glue
-// ------------------------------------------------------------------------------------------------ libpng
-// reports errors by longjmp. The functions that call setjmp keep only trivially destructible locals, and
-// every C++ allocation happens in callbacks that catch their own exceptions, so no destructor is ever
+// ---- libpng glue ------------------------------------------------------------------------------------------
+// libpng reports errors by longjmp. The functions that call setjmp keep only trivially destructible locals,
+// and every C++ allocation happens in callbacks that catch their own exceptions, so no destructor is ever
 // skipped.
 
 struct Context {

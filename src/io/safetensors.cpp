@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -16,6 +17,7 @@
 #include "core/half.h"
 #include "io/json_file.h"
 #include "io/mapped_file.h"
+#include "io/torch_checkpoint.h"
 #include "sdrt/error.h"
 
 namespace sdrt::io {
@@ -311,6 +313,46 @@ void convert_to(DType dst_type, const std::byte* src, std::byte* dst, size_t n) 
   }
 }
 
+// Copies a tensor's bytes (`ti.dtype`, any alignment) into a new tensor of `dtype`; `src` holds
+// numel(ti.shape) elements. Only float dtypes load; others throw kUnsupported naming the tensor and file.
+Tensor load_raw(const fs::path& file, const TensorInfo& ti, const std::byte* src, DType dtype) {
+  const std::optional<DType> src_type = float_dtype(ti.dtype);
+  if (!src_type)
+    fail(ErrorKind::kUnsupported, file,
+         fmt::format("tensor {}: dtype {} cannot be loaded (only F32, F16 and BF16)", quote_name(ti.name),
+                     ti.dtype));
+  Tensor out(ti.shape, dtype);
+  auto* dst = static_cast<std::byte*>(out.raw_data());
+  const auto n = static_cast<size_t>(out.numel());
+  if (n == 0) return out;
+  switch (*src_type) {
+    case DType::kF32:
+      if (dtype == DType::kF32) break;
+      convert_to<DType::kF32>(dtype, src, dst, n);
+      return out;
+    case DType::kF16:
+      if (dtype == DType::kF16) break;
+      convert_to<DType::kF16>(dtype, src, dst, n);
+      return out;
+    case DType::kBF16:
+      if (dtype == DType::kBF16) break;
+      convert_to<DType::kBF16>(dtype, src, dst, n);
+      return out;
+  }
+  std::memcpy(dst, src, out.nbytes());  // same dtype
+  return out;
+}
+
+std::string lower_ext(const fs::path& p) {
+  std::string s = p.filename().string();
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 }  // namespace
 
 // ---- SafetensorsFile
@@ -396,32 +438,7 @@ const std::byte* SafetensorsFile::raw(const std::string& name) const {
 
 Tensor SafetensorsFile::load(const std::string& name, DType dtype) const {
   const TensorInfo& ti = info(name);
-  const std::optional<DType> src_type = float_dtype(ti.dtype);
-  if (!src_type)
-    fail(ErrorKind::kUnsupported, path_,
-         fmt::format("tensor {}: dtype {} cannot be loaded (only F32, F16 and BF16)", quote_name(name),
-                     ti.dtype));
-  Tensor out(ti.shape, dtype);
-  const std::byte* src = bytes_ + data_start_ + ti.begin;
-  auto* dst = static_cast<std::byte*>(out.raw_data());
-  const auto n = static_cast<size_t>(out.numel());
-  if (n == 0) return out;
-  switch (*src_type) {
-    case DType::kF32:
-      if (dtype == DType::kF32) break;
-      convert_to<DType::kF32>(dtype, src, dst, n);
-      return out;
-    case DType::kF16:
-      if (dtype == DType::kF16) break;
-      convert_to<DType::kF16>(dtype, src, dst, n);
-      return out;
-    case DType::kBF16:
-      if (dtype == DType::kBF16) break;
-      convert_to<DType::kBF16>(dtype, src, dst, n);
-      return out;
-  }
-  std::memcpy(dst, src, out.nbytes());  // same dtype
-  return out;
+  return load_raw(path_, ti, bytes_ + data_start_ + ti.begin, dtype);
 }
 
 // ---- WeightStore
@@ -433,6 +450,59 @@ WeightStore WeightStore::from_file(const fs::path& safetensors_path) {
   ws.files_.push_back(SafetensorsFile::open(safetensors_path));
   for (const auto& name : ws.files_[0].names()) ws.owner_.emplace(name, 0);
   return ws;
+}
+
+WeightStore WeightStore::from_ckpt(const fs::path& ckpt_path) {
+  auto ckpt = std::make_shared<const TorchCheckpoint>(TorchCheckpoint::open(ckpt_path));
+  WeightStore ws;
+  ws.source_ = ckpt_path;
+  ws.raw_is_file_ = true;
+  for (const auto& [name, t] : ckpt->tensors()) {
+    RawTensor r;
+    r.info.name = name;
+    r.info.dtype = t.dtype;
+    r.info.shape = t.shape;
+    r.info.begin = static_cast<uint64_t>(t.data - ckpt->file_data());
+    r.info.end = r.info.begin + t.nbytes;
+    r.data = t.data;
+    ws.raw_.emplace(name, std::move(r));
+  }
+  ws.keep_alive_ = std::move(ckpt);
+  return ws;
+}
+
+WeightStore WeightStore::from_tensors(std::map<std::string, Tensor> tensors, std::string label) {
+  auto owned = std::make_shared<const std::map<std::string, Tensor>>(std::move(tensors));
+  WeightStore ws;
+  ws.source_ = std::move(label);
+  for (const auto& [name, t] : *owned) {
+    if (t.empty())
+      fail(ErrorKind::kInvalidArgument, ws.source_,
+           fmt::format("tensor {} has no storage", quote_name(name)));
+    if (t.device() != Device::kHost)
+      fail(ErrorKind::kUnsupported, ws.source_,
+           fmt::format("tensor {} is not in host memory", quote_name(name)));
+    RawTensor r;
+    r.info.name = name;
+    r.info.dtype = t.dtype() == DType::kF32 ? "F32" : t.dtype() == DType::kF16 ? "F16" : "BF16";
+    r.info.shape = t.shape();
+    r.info.end = t.nbytes();
+    r.data = static_cast<const std::byte*>(t.raw_data());
+    ws.raw_.emplace(name, std::move(r));
+  }
+  ws.keep_alive_ = std::move(owned);
+  return ws;
+}
+
+WeightStore WeightStore::open(const fs::path& file) {
+  const std::string name = lower_ext(file);
+  if (ends_with(name, ".safetensors")) return from_file(file);
+  if (ends_with(name, ".index.json")) return from_index(file);
+  if (ends_with(name, ".ckpt") || ends_with(name, ".pt") || ends_with(name, ".pth") ||
+      ends_with(name, ".bin"))
+    return from_ckpt(file);
+  fail(ErrorKind::kUnsupported, file,
+       "unknown weights format (expected .safetensors, .safetensors.index.json, .ckpt, .pt, .pth or .bin)");
 }
 
 WeightStore WeightStore::from_index(const fs::path& index_json_path) {
@@ -529,8 +599,9 @@ WeightStore WeightStore::from_component_dir(const fs::path& dir, const std::stri
 
 std::vector<std::string> WeightStore::names() const {
   std::vector<std::string> out;
-  out.reserve(owner_.size());
+  out.reserve(owner_.size() + raw_.size());
   for (const auto& [name, file] : owner_) out.push_back(name);
+  for (const auto& [name, raw] : raw_) out.push_back(name);  // a store has either owner_ or raw_ entries
   return out;
 }
 
@@ -542,20 +613,25 @@ const SafetensorsFile& WeightStore::file_for(const std::string& name) const {
 }
 
 const TensorInfo& WeightStore::info(const std::string& name) const {
+  if (const auto it = raw_.find(name); it != raw_.end()) return it->second.info;
   return file_for(name).info(name);
 }
 
 Tensor WeightStore::load(const std::string& name, DType dtype) const {
+  if (const auto it = raw_.find(name); it != raw_.end())
+    return load_raw(source_, it->second.info, it->second.data, dtype);
   return file_for(name).load(name, dtype);
 }
 
 const fs::path& WeightStore::file_of(const std::string& name) const {
+  if (raw_.count(name)) return source_;
   return file_for(name).path();
 }
 
 std::vector<fs::path> WeightStore::files() const {
   std::vector<fs::path> out;
   for (const auto& f : files_) out.push_back(f.path());
+  if (raw_is_file_) out.push_back(source_);
   return out;
 }
 

@@ -27,7 +27,9 @@ struct TensorInfo {
   std::string name;
   std::string dtype;  // as written in the file: "F32", "F16", "BF16", "I64", ...
   Shape shape;
-  uint64_t begin = 0;  // byte range within the data section (after the header)
+  // Byte range within the data section (after the header). For a .ckpt tensor: within the checkpoint file;
+  // for an in-memory tensor: [0, nbytes).
+  uint64_t begin = 0;
   uint64_t end = 0;
 };
 
@@ -62,10 +64,20 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// The weights of one model component: a single safetensors file or the shards listed by a
-// `*.safetensors.index.json` ("weight_map": tensor name -> shard file name).
+class TorchCheckpoint;  // io/torch_checkpoint.h
+
+// The weights of one model component: a single safetensors file, the shards listed by a
+// `*.safetensors.index.json` ("weight_map": tensor name -> shard file name), a PyTorch zip checkpoint
+// (.ckpt/.pt/.bin, read without running Python) or tensors already in memory.
 class WeightStore {
  public:
+  // Picks the reader by extension: .safetensors, .index.json, or .ckpt/.pt/.pth/.bin (torch zip format).
+  static WeightStore open(const std::filesystem::path& file);
+  // The state dict of a torch.save zip checkpoint (the dict under "state_dict" when there is one).
+  static WeightStore from_ckpt(const std::filesystem::path& ckpt_path);
+  // Serves `tensors` (host tensors of any dtype; info() reports their own dtype, load() converts and copies).
+  // `label` stands in for a file name in error messages and source().
+  static WeightStore from_tensors(std::map<std::string, Tensor> tensors, std::string label);
   static WeightStore from_file(const std::filesystem::path& safetensors_path);
   static WeightStore from_index(const std::filesystem::path& index_json_path);
   // Finds the weights of a diffusers component folder, e.g. (text_encoder/, "model") or (unet/,
@@ -76,14 +88,14 @@ class WeightStore {
                                         bool prefer_fp16 = false);
 
   std::vector<std::string> names() const;  // sorted, all shards
-  bool contains(const std::string& name) const { return owner_.count(name) != 0; }
+  bool contains(const std::string& name) const { return owner_.count(name) != 0 || raw_.count(name) != 0; }
   const TensorInfo& info(const std::string& name) const;
   Tensor load(const std::string& name, DType dtype = DType::kF32) const;
   // The file a tensor lives in (for error messages).
   const std::filesystem::path& file_of(const std::string& name) const;
-  // Every file this store reads (one, or the shards).
+  // Every file this store reads (one, or the shards; none for from_tensors).
   std::vector<std::filesystem::path> files() const;
-  // What was opened: the .safetensors file or the .index.json.
+  // What was opened: the .safetensors file, the .index.json, the .ckpt, or from_tensors' label.
   const std::filesystem::path& source() const { return source_; }
 
  private:
@@ -92,6 +104,15 @@ class WeightStore {
   std::filesystem::path source_;
   std::vector<SafetensorsFile> files_;
   std::map<std::string, size_t> owner_;  // tensor name -> index into files_
+
+  // .ckpt and in-memory stores: tensors as raw bytes owned by keep_alive_.
+  struct RawTensor {
+    TensorInfo info;
+    const std::byte* data = nullptr;
+  };
+  std::map<std::string, RawTensor> raw_;
+  std::shared_ptr<const void> keep_alive_;  // the TorchCheckpoint or the map of Tensors raw_ points into
+  bool raw_is_file_ = false;                // raw_ comes from source_ (a .ckpt), not from memory
 };
 
 }  // namespace sdrt::io

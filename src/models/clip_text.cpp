@@ -6,13 +6,16 @@
 
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "models/layers.h"
 #include "sdrt/error.h"
 
 namespace sdrt::models {
 
 ClipTextConfig ClipTextConfig::from_json_file(const std::filesystem::path& path) {
-  const auto j = io::read_json_file(path);
-  const std::string what = path.string();
+  return from_json(io::read_json_file(path), path.string());
+}
+
+ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& j, const std::string& what) {
   ClipTextConfig c;
   // CLIPModel configs nest the text part under "text_config"; CLIPTextModel configs are flat.
   const auto& t = j.contains("text_config") && j["text_config"].is_object() ? j["text_config"] : j;
@@ -32,9 +35,10 @@ ClipTextConfig ClipTextConfig::from_json_file(const std::filesystem::path& path)
   } else if (c.hidden_act_name == "gelu_new" || c.hidden_act_name == "gelu_pytorch_tanh") {
     c.hidden_act = cpu::Activation::kGeluTanh;
   } else {
-    throw Error(ErrorKind::kUnsupported,
-                fmt::format("{}: hidden_act \"{}\" is not supported (quick_gelu, gelu, gelu_new, gelu_pytorch_tanh)",
-                            what, c.hidden_act_name));
+    throw Error(
+        ErrorKind::kUnsupported,
+        fmt::format("{}: hidden_act \"{}\" is not supported (quick_gelu, gelu, gelu_new, gelu_pytorch_tanh)",
+                    what, c.hidden_act_name));
   }
   const auto positive = [&](int64_t v, const char* field) {
     if (v <= 0 || v > (int64_t{1} << 20))
@@ -47,29 +51,12 @@ ClipTextConfig ClipTextConfig::from_json_file(const std::filesystem::path& path)
   positive(c.num_attention_heads, "num_attention_heads");
   positive(c.max_position_embeddings, "max_position_embeddings");
   if (c.hidden_size % c.num_attention_heads != 0)
-    throw Error(ErrorKind::kFormat, fmt::format("{}: hidden_size {} is not divisible by num_attention_heads {}", what,
-                                                c.hidden_size, c.num_attention_heads));
+    throw Error(ErrorKind::kFormat,
+                fmt::format("{}: hidden_size {} is not divisible by num_attention_heads {}", what,
+                            c.hidden_size, c.num_attention_heads));
   return c;
 }
 
-namespace {
-
-// Loads a weight and checks its shape against what config.json implies.
-Tensor load_checked(const io::WeightStore& weights, const std::string& name, const Shape& expected,
-                    const std::string& config_source) {
-  if (!weights.contains(name))
-    throw Error(ErrorKind::kModel,
-                fmt::format("{}: missing tensor \"{}\" (expected by {})", weights.source().string(), name,
-                            config_source));
-  const auto& info = weights.info(name);
-  if (info.shape != expected)
-    throw Error(ErrorKind::kModel, fmt::format("{}: tensor \"{}\" has shape {} but {} implies {}",
-                                               weights.file_of(name).string(), name, shape_to_string(info.shape),
-                                               config_source, shape_to_string(expected)));
-  return weights.load(name, DType::kF32);
-}
-
-}  // namespace
 
 ClipTextModel ClipTextModel::from_folder(const std::filesystem::path& dir) {
   std::error_code ec;
@@ -83,10 +70,11 @@ ClipTextModel ClipTextModel::from_folder(const std::filesystem::path& dir) {
   if (weights.contains("text_model.embeddings.token_embedding.weight")) {
     prefix = "text_model.";
   } else if (!weights.contains("embeddings.token_embedding.weight")) {
-    throw Error(ErrorKind::kModel,
-                fmt::format("{}: no CLIP text encoder weights (neither \"embeddings.token_embedding.weight\" nor "
-                            "\"text_model.embeddings.token_embedding.weight\")",
-                            weights.source().string()));
+    throw Error(
+        ErrorKind::kModel,
+        fmt::format("{}: no CLIP text encoder weights (neither \"embeddings.token_embedding.weight\" nor "
+                    "\"text_model.embeddings.token_embedding.weight\")",
+                    weights.source().string()));
   }
   return from_weights(config, weights, prefix, config_path.string());
 }
@@ -97,7 +85,7 @@ ClipTextModel ClipTextModel::from_weights(const ClipTextConfig& config, const io
   m.config_ = config;
   const int64_t D = config.hidden_size, I = config.intermediate_size;
   const auto w = [&](const std::string& name, const Shape& shape) {
-    return load_checked(weights, prefix + name, shape, config_source);
+    return load_weight(weights, prefix + name, shape, config_source);
   };
   m.token_embedding_ = w("embeddings.token_embedding.weight", {config.vocab_size, D});
   m.position_embedding_ = w("embeddings.position_embedding.weight", {config.max_position_embeddings, D});
@@ -128,10 +116,11 @@ ClipTextModel ClipTextModel::from_weights(const ClipTextConfig& config, const io
 }
 
 int64_t ClipTextModel::parameter_count() const {
-  int64_t n = token_embedding_.numel() + position_embedding_.numel() + final_ln_w_.numel() + final_ln_b_.numel();
+  int64_t n =
+      token_embedding_.numel() + position_embedding_.numel() + final_ln_w_.numel() + final_ln_b_.numel();
   for (const auto& l : layers_) {
-    for (const Tensor* t : {&l.ln1_w, &l.ln1_b, &l.q_w, &l.q_b, &l.k_w, &l.k_b, &l.v_w, &l.v_b, &l.o_w, &l.o_b,
-                            &l.ln2_w, &l.ln2_b, &l.fc1_w, &l.fc1_b, &l.fc2_w, &l.fc2_b})
+    for (const Tensor* t : {&l.ln1_w, &l.ln1_b, &l.q_w, &l.q_b, &l.k_w, &l.k_b, &l.v_w, &l.v_b, &l.o_w,
+                            &l.o_b, &l.ln2_w, &l.ln2_b, &l.fc1_w, &l.fc1_b, &l.fc2_w, &l.fc2_b})
       n += t->numel();
   }
   return n;
@@ -154,8 +143,8 @@ ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hi
     const int32_t id = ids[static_cast<size_t>(s)];
     if (id < 0 || id >= c.vocab_size)
       throw Error(ErrorKind::kInvalidArgument,
-                  fmt::format("text encoder: token id {} at position {} is outside the vocabulary of {}", id, s,
-                              c.vocab_size));
+                  fmt::format("text encoder: token id {} at position {} is outside the vocabulary of {}", id,
+                              s, c.vocab_size));
     for (int64_t d = 0; d < D; ++d) xd[s * D + d] = tok[id * D + d] + pos[s * D + d];
   }
 
@@ -170,9 +159,19 @@ ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hi
     cpu::linear(h.data(), l.q_w.data<float>(), l.q_b.data<float>(), q.data(), S, D, D);  // q [S, D]
     cpu::linear(h.data(), l.k_w.data<float>(), l.k_b.data<float>(), k.data(), S, D, D);  // k [S, D]
     cpu::linear(h.data(), l.v_w.data<float>(), l.v_b.data<float>(), v.data(), S, D, D);  // v [S, D]
-    cpu::attention({.q = q.data(), .k = k.data(), .v = v.data(), .out = attn.data(), .seq_q = S, .seq_kv = S,
-                    .heads = H, .head_dim = head_dim, .q_stride = D, .k_stride = D, .v_stride = D,
-                    .out_stride = D, .causal = true});
+    cpu::attention({.q = q.data(),
+                    .k = k.data(),
+                    .v = v.data(),
+                    .out = attn.data(),
+                    .seq_q = S,
+                    .seq_kv = S,
+                    .heads = H,
+                    .head_dim = head_dim,
+                    .q_stride = D,
+                    .k_stride = D,
+                    .v_stride = D,
+                    .out_stride = D,
+                    .causal = true});
     cpu::linear(attn.data(), l.o_w.data<float>(), l.o_b.data<float>(), h.data(), S, D, D);
     cpu::add(xd, h.data(), xd, S * D);
     // MLP block: x += fc2(act(fc1(ln2(x))))
@@ -185,10 +184,11 @@ ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hi
   }
 
   out.last_hidden_state = Tensor({1, S, D}, DType::kF32);
-  cpu::layer_norm(xd, final_ln_w_.data<float>(), final_ln_b_.data<float>(), out.last_hidden_state.data<float>(), S,
-                  D, c.layer_norm_eps);
+  cpu::layer_norm(xd, final_ln_w_.data<float>(), final_ln_b_.data<float>(),
+                  out.last_hidden_state.data<float>(), S, D, c.layer_norm_eps);
 
-  // Pooled output at the EOS token. transformers' legacy configs (eos_token_id == 2) take the highest id instead.
+  // Pooled output at the EOS token. transformers' legacy configs (eos_token_id == 2) take the highest id
+  // instead.
   int64_t eos_pos = 0;
   if (c.eos_token_id == 2) {
     for (int64_t s = 1; s < S; ++s)

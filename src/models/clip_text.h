@@ -4,19 +4,20 @@
 //   per layer: x += out_proj(causal_attention(layer_norm1(x)))  (H heads of D/H)
 //              x += fc2(act(fc1(layer_norm2(x))))               (D -> I -> D)
 //   last_hidden_state = final_layer_norm(x)
-// The architecture comes from text_encoder/config.json; weights are keyed by the checkpoint's own names, with or
-// without transformers 4's "text_model." prefix.
+// The architecture comes from text_encoder/config.json; weights are keyed by the checkpoint's own names, with
+// or without transformers 4's "text_model." prefix.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+
+#include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "backends/cpu/ops.h"
 #include "sdrt/tensor.h"
-
 
 namespace sdrt::io {
 class WeightStore;
@@ -38,6 +39,9 @@ struct ClipTextConfig {
 
   // Parses a CLIPTextModel config.json; throws naming `path` and the field at fault.
   static ClipTextConfig from_json_file(const std::filesystem::path& path);
+  // The same from parsed JSON; `what` names the source in errors (single-file checkpoints synthesise
+  // configs).
+  static ClipTextConfig from_json(const nlohmann::json& j, const std::string& what);
 };
 
 struct ClipTextOutput {

@@ -17,13 +17,15 @@ Tensor load_weight(const io::WeightStore& weights, const std::string& name, cons
                                                weights.source().string(), name, config_source));
   const auto& info = weights.info(name);
   if (info.shape != expected)
-    throw Error(ErrorKind::kModel, fmt::format("{}: tensor \"{}\" has shape {} but {} implies {}",
-                                               weights.file_of(name).string(), name, shape_to_string(info.shape),
-                                               config_source, shape_to_string(expected)));
+    throw Error(
+        ErrorKind::kModel,
+        fmt::format("{}: tensor \"{}\" has shape {} but {} implies {}", weights.file_of(name).string(), name,
+                    shape_to_string(info.shape), config_source, shape_to_string(expected)));
   return weights.load(name, DType::kF32);
 }
 
-Linear Linear::load(const WeightSource& w, const std::string& prefix, int64_t in, int64_t out, bool has_bias) {
+Linear Linear::load(const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
+                    bool has_bias) {
   Linear l;
   l.in = in;
   l.out = out;
@@ -72,9 +74,11 @@ Tensor Conv2d::forward(const Tensor& x) const {
   s.pad_left = pad_left;
   s.pad_right = pad_right;
   if (s.in_channels != in)
-    throw Error(ErrorKind::kInternal, fmt::format("conv2d: input has {} channels, weight expects {}", s.in_channels, in));
+    throw Error(ErrorKind::kInternal,
+                fmt::format("conv2d: input has {} channels, weight expects {}", s.in_channels, in));
   Tensor y({s.batch, out, s.out_height(), s.out_width()}, DType::kF32);
-  cpu::conv2d(x.data<float>(), weight.data<float>(), bias.empty() ? nullptr : bias.data<float>(), y.data<float>(), s);
+  cpu::conv2d(x.data<float>(), weight.data<float>(), bias.empty() ? nullptr : bias.data<float>(),
+              y.data<float>(), s);
   return y;
 }
 
@@ -94,8 +98,8 @@ GroupNorm GroupNorm::load(const WeightSource& w, const std::string& prefix, int6
 
 Tensor GroupNorm::forward(const Tensor& x, bool silu_after) const {
   Tensor y(x.shape(), DType::kF32);
-  cpu::group_norm(x.data<float>(), weight.data<float>(), bias.data<float>(), y.data<float>(), x.dim(0), channels,
-                  x.numel() / (x.dim(0) * channels), groups, eps, silu_after);
+  cpu::group_norm(x.data<float>(), weight.data<float>(), bias.data<float>(), y.data<float>(), x.dim(0),
+                  channels, x.numel() / (x.dim(0) * channels), groups, eps, silu_after);
   return y;
 }
 
@@ -145,7 +149,8 @@ Tensor concat_channels(const Tensor& a, const Tensor& b) {
   const size_t plane = static_cast<size_t>(H * W);
   for (int64_t i = 0; i < B; ++i) {
     std::memcpy(y.data<float>() + i * (Ca + Cb) * H * W, a.data<float>() + i * Ca * H * W, Ca * plane * 4);
-    std::memcpy(y.data<float>() + (i * (Ca + Cb) + Ca) * H * W, b.data<float>() + i * Cb * H * W, Cb * plane * 4);
+    std::memcpy(y.data<float>() + (i * (Ca + Cb) + Ca) * H * W, b.data<float>() + i * Cb * H * W,
+                Cb * plane * 4);
   }
   return y;
 }
@@ -159,6 +164,8 @@ Tensor add(const Tensor& a, const Tensor& b) {
   return y;
 }
 
-void silu_inplace(Tensor& x) { cpu::activate(x.data<float>(), x.numel(), cpu::Activation::kSilu); }
+void silu_inplace(Tensor& x) {
+  cpu::activate(x.data<float>(), x.numel(), cpu::Activation::kSilu);
+}
 
 }  // namespace sdrt::models

@@ -1,5 +1,6 @@
 // The building blocks shared by the UNet (and later the VAE on other backends): parameter holders loaded by
-// checkpoint name with their shapes checked against the config, and CPU forward passes on NCHW / token tensors.
+// checkpoint name with their shapes checked against the config, and CPU forward passes on NCHW / token
+// tensors.
 #pragma once
 
 #include <cstdint>
@@ -31,7 +32,8 @@ struct WeightSource {
 struct Linear {
   Tensor weight, bias;
   int64_t in = 0, out = 0;
-  static Linear load(const WeightSource& w, const std::string& prefix, int64_t in, int64_t out, bool has_bias);
+  static Linear load(const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
+                     bool has_bias);
   // x [rows, in] -> [rows, out]
   Tensor forward(const Tensor& x, int64_t rows) const;
   void forward(const float* x, float* y, int64_t rows) const;
@@ -42,8 +44,8 @@ struct Conv2d {
   Tensor weight, bias;
   int64_t in = 0, out = 0, kernel = 3, stride = 1;
   int64_t pad_top = 1, pad_bottom = 1, pad_left = 1, pad_right = 1;
-  static Conv2d load(const WeightSource& w, const std::string& prefix, int64_t in, int64_t out, int64_t kernel,
-                     int64_t stride = 1, int64_t padding = -1 /* kernel / 2 */);
+  static Conv2d load(const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
+                     int64_t kernel, int64_t stride = 1, int64_t padding = -1 /* kernel / 2 */);
   // x [B, in, H, W] -> [B, out, H', W']
   Tensor forward(const Tensor& x) const;
 };

@@ -12,13 +12,14 @@
 
 namespace sdrt::models {
 
-// ---- config ----------------------------------------------------------------------------------------------------
+// ---- config
+// ----------------------------------------------------------------------------------------------------
 
 namespace {
 
 // An int or a list of ints (one per down block), as diffusers accepts for several UNet fields.
-std::vector<int64_t> int_or_list(const nlohmann::json& j, const std::string& key, size_t blocks, int64_t fallback,
-                                 const std::string& what) {
+std::vector<int64_t> int_or_list(const nlohmann::json& j, const std::string& key, size_t blocks,
+                                 int64_t fallback, const std::string& what) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return std::vector<int64_t>(blocks, fallback);
   if (it->is_number_integer()) return std::vector<int64_t>(blocks, it->get<int64_t>());
@@ -30,20 +31,24 @@ std::vector<int64_t> int_or_list(const nlohmann::json& j, const std::string& key
       v.push_back(e.get<int64_t>());
     }
     if (v.size() != blocks)
-      throw Error(ErrorKind::kFormat,
-                  fmt::format("{}: field \"{}\" has {} entries for {} down blocks", what, key, v.size(), blocks));
+      throw Error(ErrorKind::kFormat, fmt::format("{}: field \"{}\" has {} entries for {} down blocks", what,
+                                                  key, v.size(), blocks));
     return v;
   }
-  throw Error(ErrorKind::kFormat, fmt::format("{}: field \"{}\" must be an integer or a list of integers", what, key));
+  throw Error(ErrorKind::kFormat,
+              fmt::format("{}: field \"{}\" must be an integer or a list of integers", what, key));
 }
 
-std::vector<std::string> string_list(const nlohmann::json& j, const std::string& key, const std::string& what) {
+std::vector<std::string> string_list(const nlohmann::json& j, const std::string& key,
+                                     const std::string& what) {
   auto it = j.find(key);
   if (it == j.end() || !it->is_array())
-    throw Error(ErrorKind::kFormat, fmt::format("{}: field \"{}\" must be a list of block type names", what, key));
+    throw Error(ErrorKind::kFormat,
+                fmt::format("{}: field \"{}\" must be a list of block type names", what, key));
   std::vector<std::string> v;
   for (const auto& e : *it) {
-    if (!e.is_string()) throw Error(ErrorKind::kFormat, fmt::format("{}: field \"{}\" must hold strings", what, key));
+    if (!e.is_string())
+      throw Error(ErrorKind::kFormat, fmt::format("{}: field \"{}\" must hold strings", what, key));
     v.push_back(e.get<std::string>());
   }
   return v;
@@ -53,15 +58,17 @@ void require_default(const nlohmann::json& j, const std::string& key, const nloh
                      const std::string& what) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null() || *it == allowed) return;
-  throw Error(ErrorKind::kUnsupported,
-              fmt::format("{}: {} = {} is not supported yet (only {})", what, key, it->dump(), allowed.dump()));
+  throw Error(ErrorKind::kUnsupported, fmt::format("{}: {} = {} is not supported yet (only {})", what, key,
+                                                   it->dump(), allowed.dump()));
 }
 
 }  // namespace
 
 UNetConfig UNetConfig::from_json_file(const std::filesystem::path& path) {
-  const auto j = io::read_json_file(path);
-  const std::string what = path.string();
+  return from_json(io::read_json_file(path), path.string());
+}
+
+UNetConfig UNetConfig::from_json(const nlohmann::json& j, const std::string& what) {
   if (!j.is_object()) throw Error(ErrorKind::kFormat, fmt::format("{}: expected a JSON object", what));
   UNetConfig c;
   c.in_channels = io::get_int(j, "in_channels", c.in_channels, what);
@@ -74,7 +81,8 @@ UNetConfig UNetConfig::from_json_file(const std::filesystem::path& path) {
       throw Error(ErrorKind::kFormat, fmt::format("{}: field \"block_out_channels\" must be a list", what));
     for (const auto& e : list) {
       if (!e.is_number_integer() || e.get<int64_t>() <= 0)
-        throw Error(ErrorKind::kFormat, fmt::format("{}: field \"block_out_channels\" must hold positive integers", what));
+        throw Error(ErrorKind::kFormat,
+                    fmt::format("{}: field \"block_out_channels\" must hold positive integers", what));
       c.block_out_channels.push_back(e.get<int64_t>());
     }
   }
@@ -87,20 +95,23 @@ UNetConfig UNetConfig::from_json_file(const std::filesystem::path& path) {
                             c.down_block_types.size(), c.up_block_types.size(), blocks));
   for (const auto& t : c.down_block_types)
     if (t != "CrossAttnDownBlock2D" && t != "DownBlock2D")
-      throw Error(ErrorKind::kUnsupported, fmt::format("{}: down block type \"{}\" is not supported", what, t));
+      throw Error(ErrorKind::kUnsupported,
+                  fmt::format("{}: down block type \"{}\" is not supported", what, t));
   for (const auto& t : c.up_block_types)
     if (t != "CrossAttnUpBlock2D" && t != "UpBlock2D")
       throw Error(ErrorKind::kUnsupported, fmt::format("{}: up block type \"{}\" is not supported", what, t));
   c.mid_block_type = io::get_string(j, "mid_block_type", c.mid_block_type, what);
   if (c.mid_block_type != "UNetMidBlock2DCrossAttn")
-    throw Error(ErrorKind::kUnsupported, fmt::format("{}: mid block type \"{}\" is not supported", what, c.mid_block_type));
+    throw Error(ErrorKind::kUnsupported,
+                fmt::format("{}: mid block type \"{}\" is not supported", what, c.mid_block_type));
 
   c.layers_per_block = int_or_list(j, "layers_per_block", blocks, 2, what);
   c.transformer_layers_per_block = int_or_list(j, "transformer_layers_per_block", blocks, 1, what);
   // diffusers: `num_attention_heads = num_attention_heads or attention_head_dim` — the historical field name
   // "attention_head_dim" holds the number of heads.
   const bool has_heads = j.contains("num_attention_heads") && !j["num_attention_heads"].is_null();
-  c.num_attention_heads = int_or_list(j, has_heads ? "num_attention_heads" : "attention_head_dim", blocks, 8, what);
+  c.num_attention_heads =
+      int_or_list(j, has_heads ? "num_attention_heads" : "attention_head_dim", blocks, 8, what);
   c.cross_attention_dim = io::get_int(j, "cross_attention_dim", c.cross_attention_dim, what);
   c.norm_num_groups = io::get_int(j, "norm_num_groups", c.norm_num_groups, what);
   c.norm_eps = static_cast<float>(io::get_number(j, "norm_eps", c.norm_eps, what));
@@ -114,8 +125,8 @@ UNetConfig UNetConfig::from_json_file(const std::filesystem::path& path) {
   for (size_t i = 0; i < blocks; ++i) {
     const int64_t heads = c.num_attention_heads[i];
     if (heads <= 0 || c.block_out_channels[i] % heads != 0)
-      throw Error(ErrorKind::kFormat, fmt::format("{}: block {} has {} channels, not divisible into {} heads", what, i,
-                                                  c.block_out_channels[i], heads));
+      throw Error(ErrorKind::kFormat, fmt::format("{}: block {} has {} channels, not divisible into {} heads",
+                                                  what, i, c.block_out_channels[i], heads));
     if (c.layers_per_block[i] <= 0 || c.transformer_layers_per_block[i] <= 0)
       throw Error(ErrorKind::kFormat, fmt::format("{}: block {} needs at least one layer", what, i));
   }
@@ -154,7 +165,8 @@ std::vector<float> timestep_embedding(double timestep, int64_t dim, bool flip_si
   return emb;
 }
 
-// ---- modules ---------------------------------------------------------------------------------------------------
+// ---- modules
+// ---------------------------------------------------------------------------------------------------
 
 namespace {
 
@@ -185,7 +197,7 @@ struct ResnetBlock {
   Tensor forward(const Tensor& x, const Tensor& emb_silu) const {
     const int64_t B = x.dim(0);
     Tensor h = conv1.forward(norm1.forward(x, /*silu_after=*/true));  // [B, out, H, W]
-    const Tensor t = time_emb_proj.forward(emb_silu, B);               // [B, out]
+    const Tensor t = time_emb_proj.forward(emb_silu, B);              // [B, out]
     const int64_t C = h.dim(1), HW = h.dim(2) * h.dim(3);
     float* hd = h.data<float>();
     for (int64_t b = 0; b < B; ++b)
@@ -201,7 +213,8 @@ struct ResnetBlock {
     const float inv = static_cast<float>(1.0 / output_scale_factor);
     const int64_t n = out.numel();
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) od[i] = output_scale_factor == 1.0 ? od[i] + hh[i] : (od[i] + hh[i]) * inv;
+    for (int64_t i = 0; i < n; ++i)
+      od[i] = output_scale_factor == 1.0 ? od[i] + hh[i] : (od[i] + hh[i]) * inv;
     return out;
   }
 };
@@ -233,17 +246,27 @@ struct Attention {
     to_v.forward(context.data<float>(), v.data<float>(), B * S);
     Tensor attn({B, N, D}, DType::kF32);
     for (int64_t b = 0; b < B; ++b) {
-      cpu::attention({.q = q.data<float>() + b * N * D, .k = k.data<float>() + b * S * D,
-                      .v = v.data<float>() + b * S * D, .out = attn.data<float>() + b * N * D, .seq_q = N,
-                      .seq_kv = S, .heads = heads, .head_dim = head_dim, .q_stride = D, .k_stride = D,
-                      .v_stride = D, .out_stride = D, .causal = false});
+      cpu::attention({.q = q.data<float>() + b * N * D,
+                      .k = k.data<float>() + b * S * D,
+                      .v = v.data<float>() + b * S * D,
+                      .out = attn.data<float>() + b * N * D,
+                      .seq_q = N,
+                      .seq_kv = S,
+                      .heads = heads,
+                      .head_dim = head_dim,
+                      .q_stride = D,
+                      .k_stride = D,
+                      .v_stride = D,
+                      .out_stride = D,
+                      .causal = false});
     }
     // residual += to_out(attn): let BLAS accumulate into the residual (beta = 1) after adding the bias.
     float* r = residual.data<float>();
     const float* bias = to_out.bias.data<float>();
     for (int64_t i = 0; i < B * N; ++i)
       for (int64_t d = 0; d < D; ++d) r[i * D + d] += bias[d];
-    cpu::gemm(attn.data<float>(), to_out.weight.data<float>(), r, B * N, D, D, /*transpose_b=*/true, 1.0f, 1.0f);
+    cpu::gemm(attn.data<float>(), to_out.weight.data<float>(), r, B * N, D, D, /*transpose_b=*/true, 1.0f,
+              1.0f);
   }
 };
 
@@ -280,7 +303,7 @@ struct TransformerBlock {
     const int64_t inner = ff_out.in;
     Tensor proj({rows, 2 * inner}, DType::kF32);  // [B·N, 2·inner]
     ff_proj.forward(h.data<float>(), proj.data<float>(), rows);
-    Tensor gated({rows, inner}, DType::kF32);     // value · gelu(gate)
+    Tensor gated({rows, inner}, DType::kF32);  // value · gelu(gate)
     const float* pd = proj.data<float>();
     float* gd = gated.data<float>();
 #pragma omp parallel for schedule(static)
@@ -288,7 +311,8 @@ struct TransformerBlock {
       const float* value = pd + i * 2 * inner;
       const float* gate = value + inner;
       for (int64_t j = 0; j < inner; ++j)
-        gd[i * inner + j] = value[j] * (0.5f * gate[j] * (1.0f + std::erf(gate[j] * static_cast<float>(M_SQRT1_2))));
+        gd[i * inner + j] =
+            value[j] * (0.5f * gate[j] * (1.0f + std::erf(gate[j] * static_cast<float>(M_SQRT1_2))));
     }
     float* xd = x.data<float>();
     const float* bias = ff_out.bias.data<float>();
@@ -299,8 +323,8 @@ struct TransformerBlock {
 };
 
 // Transformer2DModel (continuous input): GroupNorm, proj_in, transformer blocks, proj_out, residual.
-// proj_in/proj_out are 1×1 convolutions (SD 1.x) or linears (use_linear_projection, SD 2.x); on the token layout
-// both are the same matrix product, so both load into a Linear.
+// proj_in/proj_out are 1×1 convolutions (SD 1.x) or linears (use_linear_projection, SD 2.x); on the token
+// layout both are the same matrix product, so both load into a Linear.
 struct Transformer2D {
   GroupNorm norm;
   Linear proj_in, proj_out;
@@ -330,7 +354,7 @@ struct Transformer2D {
   Tensor forward(const Tensor& x, const Tensor& context) const {
     const int64_t B = x.dim(0), H = x.dim(2), W = x.dim(3);
     Tensor tokens = nchw_to_tokens(norm.forward(x));  // [B, H·W, C]
-    Tensor h = proj_in.forward(tokens, B * H * W);     // [B, H·W, C]
+    Tensor h = proj_in.forward(tokens, B * H * W);    // [B, H·W, C]
     for (const auto& block : blocks) block.forward(h, context);
     Tensor out = tokens_to_nchw(proj_out.forward(h, B * H * W), H, W);  // [B, C, H, W]
     return add(out, x);
@@ -361,18 +385,26 @@ UNet::UNet(UNet&&) noexcept = default;
 UNet& UNet::operator=(UNet&&) noexcept = default;
 UNet::~UNet() = default;
 
-int64_t UNet::parameter_count() const { return blocks_->parameters; }
+int64_t UNet::parameter_count() const {
+  return blocks_->parameters;
+}
 
 UNet UNet::from_folder(const std::filesystem::path& dir) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
     throw Error(ErrorKind::kIo, fmt::format("{}: unet folder not found", dir.string()));
   const auto config_path = dir / "config.json";
-  UNet unet;
-  unet.config_ = UNetConfig::from_json_file(config_path);
-  const auto& c = unet.config_;
+  const UNetConfig config = UNetConfig::from_json_file(config_path);
   const auto store = io::WeightStore::from_component_dir(dir, "diffusion_pytorch_model");
-  const WeightSource w{store, config_path.string()};
+  return from_weights(config, store, config_path.string());
+}
+
+UNet UNet::from_weights(const UNetConfig& config, const io::WeightStore& store,
+                        const std::string& config_source) {
+  UNet unet;
+  unet.config_ = config;
+  const auto& c = unet.config_;
+  const WeightSource w{store, config_source};
   auto& m = *unet.blocks_;
 
   const int64_t c0 = c.block_out_channels.front(), temb = c0 * 4, groups = c.norm_num_groups;
@@ -389,12 +421,12 @@ UNet UNet::from_folder(const std::filesystem::path& dir) {
     Blocks::Stage s;
     for (int64_t j = 0; j < c.layers_per_block[i]; ++j) {
       const std::string p = fmt::format("down_blocks.{}", i);
-      s.resnets.push_back(ResnetBlock::load(w, fmt::format("{}.resnets.{}", p, j), j == 0 ? in_ch : out_ch, out_ch,
-                                            temb, groups, c.norm_eps, 1.0));
+      s.resnets.push_back(ResnetBlock::load(w, fmt::format("{}.resnets.{}", p, j), j == 0 ? in_ch : out_ch,
+                                            out_ch, temb, groups, c.norm_eps, 1.0));
       if (attention)
-        s.attentions.push_back(Transformer2D::load(w, fmt::format("{}.attentions.{}", p, j), out_ch,
-                                                   c.num_attention_heads[i], c.transformer_layers_per_block[i],
-                                                   c.cross_attention_dim, groups, c.use_linear_projection));
+        s.attentions.push_back(Transformer2D::load(
+            w, fmt::format("{}.attentions.{}", p, j), out_ch, c.num_attention_heads[i],
+            c.transformer_layers_per_block[i], c.cross_attention_dim, groups, c.use_linear_projection));
     }
     s.has_sampler = i + 1 < n;
     if (s.has_sampler)
@@ -410,11 +442,11 @@ UNet UNet::from_folder(const std::filesystem::path& dir) {
   const int64_t mid_ch = c.block_out_channels.back();
   m.mid_resnet0 = ResnetBlock::load(w, "mid_block.resnets.0", mid_ch, mid_ch, temb, groups, c.norm_eps,
                                     c.mid_block_scale_factor);
-  m.mid_attentions.push_back(Transformer2D::load(w, "mid_block.attentions.0", mid_ch, c.num_attention_heads.back(),
-                                                 c.transformer_layers_per_block.back(), c.cross_attention_dim, groups,
-                                                 c.use_linear_projection));
-  m.mid_resnets.push_back(ResnetBlock::load(w, "mid_block.resnets.1", mid_ch, mid_ch, temb, groups, c.norm_eps,
-                                            c.mid_block_scale_factor));
+  m.mid_attentions.push_back(Transformer2D::load(
+      w, "mid_block.attentions.0", mid_ch, c.num_attention_heads.back(),
+      c.transformer_layers_per_block.back(), c.cross_attention_dim, groups, c.use_linear_projection));
+  m.mid_resnets.push_back(ResnetBlock::load(w, "mid_block.resnets.1", mid_ch, mid_ch, temb, groups,
+                                            c.norm_eps, c.mid_block_scale_factor));
 
   // Up blocks mirror the down blocks; each resnet takes the previous output concatenated with a skip.
   std::vector<int64_t> reversed_channels(c.block_out_channels.rbegin(), c.block_out_channels.rend());
@@ -431,16 +463,17 @@ UNet UNet::from_folder(const std::filesystem::path& dir) {
       const int64_t skip_ch = j == layers - 1 ? in_ch : out_ch;
       const int64_t resnet_in = (j == 0 ? prev_out : out_ch) + skip_ch;
       const std::string p = fmt::format("up_blocks.{}", i);
-      s.resnets.push_back(ResnetBlock::load(w, fmt::format("{}.resnets.{}", p, j), resnet_in, out_ch, temb, groups,
-                                            c.norm_eps, 1.0));
+      s.resnets.push_back(ResnetBlock::load(w, fmt::format("{}.resnets.{}", p, j), resnet_in, out_ch, temb,
+                                            groups, c.norm_eps, 1.0));
       if (attention)
         s.attentions.push_back(Transformer2D::load(w, fmt::format("{}.attentions.{}", p, j), out_ch,
                                                    c.num_attention_heads[down_index],
-                                                   c.transformer_layers_per_block[down_index], c.cross_attention_dim,
-                                                   groups, c.use_linear_projection));
+                                                   c.transformer_layers_per_block[down_index],
+                                                   c.cross_attention_dim, groups, c.use_linear_projection));
     }
     s.has_sampler = i + 1 < n;
-    if (s.has_sampler) s.sampler = Conv2d::load(w, fmt::format("up_blocks.{}.upsamplers.0.conv", i), out_ch, out_ch, 3);
+    if (s.has_sampler)
+      s.sampler = Conv2d::load(w, fmt::format("up_blocks.{}.upsamplers.0.conv", i), out_ch, out_ch, 3);
     m.up.push_back(std::move(s));
   }
 
@@ -458,14 +491,16 @@ Tensor UNet::forward(const Tensor& sample, double timestep, const Tensor& contex
                                                          shape_to_string(sample.shape()), c.in_channels));
   const int64_t B = sample.dim(0);
   if (context.rank() != 3 || context.dim(0) != B || context.dim(2) != c.cross_attention_dim)
-    throw Error(ErrorKind::kInvalidArgument, fmt::format("unet: context {} must be [{}, S, {}]",
-                                                         shape_to_string(context.shape()), B, c.cross_attention_dim));
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("unet: context {} must be [{}, S, {}]", shape_to_string(context.shape()), B,
+                            c.cross_attention_dim));
 
   // Time embedding: sinusoidal features -> linear -> SiLU -> linear, the same for every batch row.
   const int64_t c0 = c.block_out_channels.front();
   const auto features = timestep_embedding(timestep, c0, c.flip_sin_to_cos, c.freq_shift);
   Tensor t_emb({B, c0}, DType::kF32);
-  for (int64_t b = 0; b < B; ++b) std::memcpy(t_emb.data<float>() + b * c0, features.data(), c0 * sizeof(float));
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(t_emb.data<float>() + b * c0, features.data(), c0 * sizeof(float));
   Tensor emb = m.time_linear_1.forward(t_emb, B);  // [B, 4·C0]
   silu_inplace(emb);
   emb = m.time_linear_2.forward(emb, B);

@@ -3,21 +3,27 @@
 //   sample [B, in, h, w], timestep t, context [B, 77, cross_dim]
 //   emb = time_embedding(timestep_proj(t))                               [B, 4·C0]
 //   x = conv_in(sample)                                                   [B, C0, h, w]
-//   down blocks: (ResnetBlock2D [+ Transformer2D]) × layers, then a stride-2 conv; every output kept as a skip
-//   mid block:   ResnetBlock2D, Transformer2D, ResnetBlock2D
-//   up blocks:   (concat skip, ResnetBlock2D [+ Transformer2D]) × (layers + 1), then nearest ×2 + conv
-//   out = conv_out(silu(conv_norm_out(x)))                                [B, out, h, w]
+//   down blocks: (ResnetBlock2D [+ Transformer2D]) × layers, then a stride-2 conv; every output kept as a
+//   skip mid block:   ResnetBlock2D, Transformer2D, ResnetBlock2D up blocks:   (concat skip, ResnetBlock2D [+
+//   Transformer2D]) × (layers + 1), then nearest ×2 + conv out = conv_out(silu(conv_norm_out(x))) [B, out, h,
+//   w]
 // The architecture comes from unet/config.json with diffusers' meanings, including its reading of
 // "attention_head_dim" as the number of heads when "num_attention_heads" is absent.
 #pragma once
 
 #include <filesystem>
+
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "models/layers.h"
 #include "sdrt/tensor.h"
+
+namespace sdrt::io {
+class WeightStore;
+}
 
 namespace sdrt::models {
 
@@ -43,12 +49,18 @@ struct UNetConfig {
   int64_t sample_size = 64;
 
   static UNetConfig from_json_file(const std::filesystem::path& path);
+  // The same from parsed JSON; `what` names the source in errors (single-file checkpoints synthesise
+  // configs).
+  static UNetConfig from_json(const nlohmann::json& j, const std::string& what);
 };
 
 class UNet {
  public:
   // unet/ of a diffusers folder: config.json + diffusion_pytorch_model(.fp16).safetensors (or sharded).
   static UNet from_folder(const std::filesystem::path& dir);
+  // From weights already opened, keyed by diffusers' names; `config_source` names the config in errors.
+  static UNet from_weights(const UNetConfig& config, const io::WeightStore& weights,
+                           const std::string& config_source);
   UNet(UNet&&) noexcept;
   UNet& operator=(UNet&&) noexcept;
   ~UNet();

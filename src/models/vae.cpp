@@ -45,8 +45,10 @@ std::vector<std::string> block_types(const nlohmann::json& j, const char* field,
 }  // namespace
 
 VaeConfig VaeConfig::from_json_file(const std::filesystem::path& path) {
-  const auto j = io::read_json_file(path);
-  const std::string what = path.string();
+  return from_json(io::read_json_file(path), path.string());
+}
+
+VaeConfig VaeConfig::from_json(const nlohmann::json& j, const std::string& what) {
   if (!j.is_object()) throw Error(ErrorKind::kFormat, fmt::format("{}: expected a JSON object", what));
   VaeConfig c;
   c.in_channels = io::get_int(j, "in_channels", c.in_channels, what);
@@ -110,8 +112,7 @@ VaeConfig VaeConfig::from_json_file(const std::filesystem::path& path) {
   return c;
 }
 
-// ---- Loading
-// ---------------------------------------------------------------------------------------------------
+// ---- Loading ----------------------------------------------------------------------------------------------
 
 class AutoencoderKL::Loader {
  public:
@@ -289,8 +290,7 @@ int64_t AutoencoderKL::parameter_count() const {
   return n;
 }
 
-// ---- Forward
-// ---------------------------------------------------------------------------------------------------
+// ---- Forward ----------------------------------------------------------------------------------------------
 
 namespace {
 
@@ -570,8 +570,7 @@ Tensor AutoencoderKL::encode(const Tensor& image) const {
   return moments;
 }
 
-// ---- Postprocess
-// -----------------------------------------------------------------------------------------------
+// ---- Postprocess ------------------------------------------------------------------------------------------
 
 std::vector<uint8_t> image_to_rgb8(const Tensor& image) {
   const bool batched = image.rank() == 4;

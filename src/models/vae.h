@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "sdrt/tensor.h"
 
 namespace sdrt::io {
@@ -45,6 +47,9 @@ struct VaeConfig {
 
   // Parses an AutoencoderKL config.json; throws naming `path` and the field at fault.
   static VaeConfig from_json_file(const std::filesystem::path& path);
+  // The same from parsed JSON; `what` names the source in errors (single-file checkpoints synthesise
+  // configs).
+  static VaeConfig from_json(const nlohmann::json& j, const std::string& what);
 };
 
 // Which halves to load: text-to-image needs only the decoder.

@@ -1,6 +1,7 @@
 // Text-to-image, stage by stage, as diffusers' StableDiffusionPipeline.__call__ runs it:
 //   encode_prompt -> set_timesteps -> prepare_latents (randn · init_noise_sigma) -> for each timestep:
-//   scale_model_input, UNet on [uncond; cond], guidance, scheduler.step -> latents / scaling_factor -> VAE decode.
+//   scale_model_input, UNet on [uncond; cond], guidance, scheduler.step -> latents / scaling_factor -> VAE
+//   decode.
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -20,7 +21,9 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-[[noreturn]] void invalid(const std::string& message) { throw Error(ErrorKind::kInvalidArgument, message); }
+[[noreturn]] void invalid(const std::string& message) {
+  throw Error(ErrorKind::kInvalidArgument, message);
+}
 
 const Model::Impl& require_generation(const Model::Impl& m) {
   if (!m.unet || !m.vae || !m.scheduler_config)
@@ -28,13 +31,16 @@ const Model::Impl& require_generation(const Model::Impl& m) {
   return m;
 }
 
-int64_t vae_factor(const Model::Impl& m) { return m.vae->config().downscale_factor(); }
+int64_t vae_factor(const Model::Impl& m) {
+  return m.vae->config().downscale_factor();
+}
 
 void check_finite(const Tensor& t, const std::string& what) {
   const float* d = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i)
     if (!std::isfinite(d[i]))
-      throw Error(ErrorKind::kModel, fmt::format("{} contain NaN or Inf (value {} at index {})", what, d[i], i));
+      throw Error(ErrorKind::kModel,
+                  fmt::format("{} contain NaN or Inf (value {} at index {})", what, d[i], i));
 }
 
 }  // namespace
@@ -49,9 +55,15 @@ Sampling::Sampling(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Sampling::Sampling(Sampling&&) noexcept = default;
 Sampling& Sampling::operator=(Sampling&&) noexcept = default;
 Sampling::~Sampling() = default;
-const Tensor& Sampling::latents() const { return state_->latents; }
-int Sampling::steps() const { return static_cast<int>(state_->scheduler->timesteps().size()); }
-const std::vector<double>& Sampling::timesteps() const { return state_->scheduler->timesteps(); }
+const Tensor& Sampling::latents() const {
+  return state_->latents;
+}
+int Sampling::steps() const {
+  return static_cast<int>(state_->scheduler->timesteps().size());
+}
+const std::vector<double>& Sampling::timesteps() const {
+  return state_->scheduler->timesteps();
+}
 
 namespace {
 
@@ -114,8 +126,10 @@ Sampling Model::prepare_latents(const GenerateOptions& options) const {
   const GenerateOptions o = resolve(options);
   const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
                                         : schedulers::parse_scheduler_name(o.scheduler);
-  auto state = std::unique_ptr<Sampling::State>(new Sampling::State{
-      schedulers::make_scheduler(kind, *m.scheduler_config, o.karras), schedulers::TorchGenerator(o.seed), {}});
+  auto state = std::unique_ptr<Sampling::State>(
+      new Sampling::State{schedulers::make_scheduler(kind, *m.scheduler_config, o.karras),
+                          schedulers::TorchGenerator(o.seed),
+                          {}});
   state->scheduler->set_timesteps(o.steps);
   const int64_t factor = vae_factor(m);
   const Shape shape{1, m.unet->config().in_channels, o.height / factor, o.width / factor};
@@ -126,7 +140,8 @@ Sampling Model::prepare_latents(const GenerateOptions& options) const {
   return Sampling(std::move(state));
 }
 
-Tensor Model::denoise(Sampling& sampling, const Tensor& context, double cfg_scale, const StepCallback& on_step) const {
+Tensor Model::denoise(Sampling& sampling, const Tensor& context, double cfg_scale,
+                      const StepCallback& on_step) const {
   const auto& m = require_generation(*impl_);
   auto& s = *sampling.state_;
   const bool guidance = context.dim(0) == 2;
@@ -198,8 +213,8 @@ std::string Model::parameters_text(const GenerateOptions& o) const {
   std::string text = o.prompt + "\n";
   if (!o.negative_prompt.empty()) text += "Negative prompt: " + o.negative_prompt + "\n";
   text += fmt::format("Steps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}", o.steps,
-                      schedulers::sampler_display_name(kind, o.karras), o.cfg_scale, o.seed, o.width, o.height,
-                      m.name);
+                      schedulers::sampler_display_name(kind, o.karras), o.cfg_scale, o.seed, o.width,
+                      o.height, m.name);
   return text;
 }
 

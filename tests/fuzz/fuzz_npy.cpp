@@ -1,5 +1,5 @@
-// libFuzzer target for the .npy reader (used for --init-noise files): arbitrary bytes must either parse into a
-// tensor whose size matches its shape or be rejected with sdrt::Error.
+// libFuzzer target for the .npy reader (used for --init-noise files): arbitrary bytes must either parse into
+// a tensor whose size matches its shape or be rejected with sdrt::Error.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

@@ -4,25 +4,28 @@
 //   sdrt encode   --model DIR --prompt TEXT --output emb.npy
 //   sdrt info     --model DIR                        components and their key config values
 //   sdrt txt2img  --model DIR --prompt TEXT [...] --output out.png
+//   sdrt convert  --model FILE --output DIR          single-file checkpoint -> diffusers folder
+// --model takes a diffusers folder or a single-file SD 1.x / 2.x checkpoint (.safetensors / .ckpt).
 //
 // Every failure prints one line "sdrt: error: ..." on stderr and exits non-zero.
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
-#include <optional>
-#include <random>
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <optional>
+#include <random>
 #include <string>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "io/npy.h"
 #include "io/png.h"
+#include "io/single_file.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"
 
@@ -51,13 +54,14 @@ void check_output_path(const std::filesystem::path& output) {
   const auto parent = output.has_parent_path() ? output.parent_path() : std::filesystem::path(".");
   std::error_code ec;
   if (!std::filesystem::is_directory(parent, ec))
-    throw sdrt::Error(sdrt::ErrorKind::kIo, fmt::format("{}: output folder {} does not exist", output.string(),
-                                                        parent.string()));
+    throw sdrt::Error(sdrt::ErrorKind::kIo,
+                      fmt::format("{}: output folder {} does not exist", output.string(), parent.string()));
 }
 
-sdrt::Model load_model(const std::string& path, bool text_encoder_only) {
+sdrt::Model load_model(const std::string& path, bool text_encoder_only, sdrt::LoadOptions options = {}) {
   StageTimer t("load_model");
-  return sdrt::Model::load(path, {.text_encoder_only = text_encoder_only});
+  options.text_encoder_only = text_encoder_only;
+  return sdrt::Model::load(path, options);
 }
 
 // tqdm-style progress on a terminal, one plain line per step otherwise (logs, pipes).
@@ -73,8 +77,8 @@ class ProgressBar {
       std::string bar;
       for (int i = 0; i < kWidth; ++i) bar += i < filled ? "\u2588" : " ";
       const double eta = rate > 0 ? (total - done) / rate : 0.0;
-      fmt::print(stderr, "\r{:3d}%|{}| {}/{} [{:.1f}s<{:.1f}s, {:.2f}it/s]", total ? done * 100 / total : 100, bar,
-                 done, total, elapsed, eta, rate);
+      fmt::print(stderr, "\r{:3d}%|{}| {}/{} [{:.1f}s<{:.1f}s, {:.2f}it/s]", total ? done * 100 / total : 100,
+                 bar, done, total, elapsed, eta, rate);
       if (done == total) fmt::print(stderr, "\n");
     } else {
       fmt::print(stderr, "step {}/{} ({:.2f} it/s)\n", done, total, rate);
@@ -88,22 +92,26 @@ class ProgressBar {
 };
 
 struct Txt2ImgArgs {
-  std::string model, output = "output.png", init_noise, device = "cpu";
+  std::string model, output = "output.png", init_noise, device = "cpu", prediction, vae;
   std::optional<uint64_t> seed;
   sdrt::GenerateOptions options;
 };
 
 int run_txt2img(Txt2ImgArgs args) {
   if (args.device != "cpu")
-    throw sdrt::Error(sdrt::ErrorKind::kUnsupported,
-                      fmt::format("--device {}: only the cpu device is available in this build", args.device));
+    throw sdrt::Error(
+        sdrt::ErrorKind::kUnsupported,
+        fmt::format("--device {}: only the cpu device is available in this build", args.device));
   check_output_path(args.output);
   auto& o = args.options;
   sdrt::validate_options(o);
   // AUTOMATIC1111 draws a random seed when none is given; it is printed and stored in the PNG.
   o.seed = args.seed ? *args.seed : std::random_device{}();
   if (!args.init_noise.empty()) o.init_noise = sdrt::io::read_npy(args.init_noise);
-  const auto model = load_model(args.model, /*text_encoder_only=*/false);
+  sdrt::LoadOptions load;
+  if (!args.prediction.empty()) load.prediction_type = args.prediction;
+  load.vae = args.vae;
+  const auto model = load_model(args.model, /*text_encoder_only=*/false, load);
   o = model.resolve(o);
   sdrt::Tensor context;
   {
@@ -126,7 +134,8 @@ int run_txt2img(Txt2ImgArgs args) {
     StageTimer t("decode_latents");
     image = model.decode_latents(latents);
   }
-  sdrt::io::write_png(args.output, image.rgb, image.width, image.height, {{"parameters", model.parameters_text(o)}});
+  sdrt::io::write_png(args.output, image.rgb, image.width, image.height,
+                      {{"parameters", model.parameters_text(o)}});
   fmt::print(stderr, "wrote {}x{} image to {} (seed {})\n", image.width, image.height, args.output, o.seed);
   return 0;
 }
@@ -147,8 +156,8 @@ int run_encode(const std::string& model_path, const std::string& prompt, const s
     embedding = model.encode_prompt(prompt);
   }
   sdrt::io::write_npy(output, embedding);
-  fmt::print(stderr, "wrote {} {} float32 to {}\n", sdrt::shape_to_string(embedding.shape()), "last_hidden_state",
-             output);
+  fmt::print(stderr, "wrote {} {} float32 to {}\n", sdrt::shape_to_string(embedding.shape()),
+             "last_hidden_state", output);
   return 0;
 }
 
@@ -174,6 +183,16 @@ int run_info(const std::string& model_path, bool as_json) {
   return 0;
 }
 
+int run_convert(const std::string& model_path, const std::string& output, const std::string& prediction) {
+  sdrt::io::SingleFileOptions options;
+  if (!prediction.empty()) options.prediction_type = prediction;
+  const auto file = sdrt::io::SingleFile::open(model_path, options);
+  sdrt::io::convert_to_diffusers(file, output);
+  fmt::print(stderr, "wrote {} ({}, {}) as a diffusers folder to {}\n", model_path,
+             sdrt::io::sd_family_name(file.family()), file.prediction_type(), output);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -184,39 +203,56 @@ int main(int argc, char** argv) {
   std::string model, prompt, output;
   bool as_json = false;
 
-  auto* tokenize = app.add_subcommand("tokenize", "Print the text encoder's 77 token ids for a prompt as JSON");
-  tokenize->add_option("--model", model, "diffusers model folder")->required();
+  auto* tokenize =
+      app.add_subcommand("tokenize", "Print the text encoder's 77 token ids for a prompt as JSON");
+  tokenize->add_option("--model", model, "diffusers model folder or single-file checkpoint")->required();
   tokenize->add_option("--prompt", prompt, "prompt text")->required();
 
-  auto* encode = app.add_subcommand("encode", "Write the text encoder's last hidden state [1,77,hidden] as .npy");
-  encode->add_option("--model", model, "diffusers model folder")->required();
+  auto* encode =
+      app.add_subcommand("encode", "Write the text encoder's last hidden state [1,77,hidden] as .npy");
+  encode->add_option("--model", model, "diffusers model folder or single-file checkpoint")->required();
   encode->add_option("--prompt", prompt, "prompt text")->required();
   encode->add_option("--output", output, "output .npy file")->required();
 
   auto* info = app.add_subcommand("info", "List a model's components and their key configuration");
-  info->add_option("--model", model, "diffusers model folder")->required();
+  info->add_option("--model", model, "diffusers model folder or single-file checkpoint")->required();
   info->add_flag("--json", as_json, "print JSON instead of text");
 
   Txt2ImgArgs gen;
   auto* txt2img = app.add_subcommand("txt2img", "Generate an image from a prompt and write it as PNG");
-  txt2img->add_option("--model", gen.model, "diffusers model folder")->required();
+  txt2img->add_option("--model", gen.model, "diffusers model folder or single-file checkpoint")->required();
   txt2img->add_option("--prompt", gen.options.prompt, "prompt text")->required();
   txt2img->add_option("--negative-prompt", gen.options.negative_prompt, "negative prompt");
   txt2img->add_option("--steps", gen.options.steps, "denoising steps")->capture_default_str();
   txt2img->add_option("--cfg-scale", gen.options.cfg_scale, "classifier-free guidance scale (<= 1: off)")
       ->capture_default_str();
-  txt2img->add_option("--scheduler", gen.options.scheduler,
-                      "pndm | ddim | euler | euler_a | dpmpp_2m (default: the model's scheduler_config.json)");
+  txt2img->add_option(
+      "--scheduler", gen.options.scheduler,
+      "pndm | ddim | euler | euler_a | dpmpp_2m (default: the model's scheduler_config.json)");
   txt2img->add_flag("--karras", gen.options.karras, "Karras sigmas (euler, euler_a, dpmpp_2m)");
   txt2img->add_option("--width", gen.options.width, "image width, a multiple of 8 (default: the model's)");
   txt2img->add_option("--height", gen.options.height, "image height, a multiple of 8 (default: the model's)");
   txt2img->add_option("--seed", gen.seed, "random seed (default: random)");
   txt2img->add_option("--rng", gen.options.rng, "noise generator: cpu (torch.Generator(\"cpu\"))")
       ->capture_default_str();
-  txt2img->add_option("--init-noise", gen.init_noise, "initial latents [1,4,H/8,W/8] float32 .npy instead of the seed");
+  txt2img->add_option("--init-noise", gen.init_noise,
+                      "initial latents [1,4,H/8,W/8] float32 .npy instead of the seed");
   txt2img->add_option("--output", gen.output, "output PNG")->capture_default_str();
   txt2img->add_option("--device", gen.device, "cpu")->capture_default_str();
+  txt2img->add_option("--prediction", gen.prediction, "epsilon | v_prediction (default: the model's)")
+      ->check(CLI::IsMember({"epsilon", "v_prediction"}));
+  txt2img->add_option("--vae", gen.vae,
+                      "VAE file (original or diffusers layout) to use instead of the model's");
 
+  std::string prediction;
+  auto* convert =
+      app.add_subcommand("convert", "Write a single-file SD 1.x / 2.x checkpoint as a diffusers folder");
+  convert->add_option("--model", model, "single-file checkpoint (.safetensors / .ckpt)")->required();
+  convert->add_option("--output", output, "output folder (new or empty)")->required();
+  convert
+      ->add_option("--prediction", prediction,
+                   "epsilon | v_prediction (default: sidecar .yaml, else epsilon)")
+      ->check(CLI::IsMember({"epsilon", "v_prediction"}));
 
   const auto is_command = [&](const std::string& name) {
     for (const auto* sub : app.get_subcommands({})) {
@@ -250,6 +286,7 @@ int main(int argc, char** argv) {
     if (*tokenize) return run_tokenize(model, prompt);
     if (*encode) return run_encode(model, prompt, output);
     if (*info) return run_info(model, as_json);
+    if (*convert) return run_convert(model, output, prediction);
   } catch (const sdrt::Error& e) {
     fmt::print(stderr, "sdrt: error: {}\n", e.what());
     return kExitError;

@@ -91,9 +91,11 @@ uint64_t fingerprint(const float* w, int64_t n) {
 
 class ConvRuntime {
  public:
+  // Never destroyed: oneDNN's own globals may be gone by the time static destructors run, and freeing the
+  // cached weights at exit is wasted work.
   static ConvRuntime& instance() {
-    static ConvRuntime runtime;
-    return runtime;
+    static ConvRuntime* runtime = new ConvRuntime;
+    return *runtime;
   }
 
   void run(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s) {

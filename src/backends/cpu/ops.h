@@ -7,7 +7,8 @@
 namespace sdrt::cpu {
 
 // y[rows, out] = x[rows, in] · w[out, in]ᵀ + bias[out]   (torch.nn.Linear; bias may be null)
-void linear(const float* x, const float* w, const float* bias, float* y, int64_t rows, int64_t in, int64_t out);
+void linear(const float* x, const float* w, const float* bias, float* y, int64_t rows, int64_t in,
+            int64_t out);
 
 // c[m, n] = alpha · a[m, k] · b (b is [k, n], or [n, k] when transpose_b) + beta · c
 void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k, bool transpose_b,
@@ -25,14 +26,15 @@ void activate(float* x, int64_t n, Activation act);
 void add(const float* a, const float* b, float* y, int64_t n);
 
 // GroupNorm over x [batch, channels, spatial] (torch.nn.GroupNorm): statistics per (batch, group) over
-// channels/groups · spatial values, then per-channel gamma/beta. `silu_after` fuses the SiLU that follows every
-// GroupNorm in ResNet blocks. x may alias y.
-void group_norm(const float* x, const float* gamma, const float* beta, float* y, int64_t batch, int64_t channels,
-                int64_t spatial, int64_t groups, float eps, bool silu_after = false);
+// channels/groups · spatial values, then per-channel gamma/beta. `silu_after` fuses the SiLU that follows
+// every GroupNorm in ResNet blocks. x may alias y.
+void group_norm(const float* x, const float* gamma, const float* beta, float* y, int64_t batch,
+                int64_t channels, int64_t spatial, int64_t groups, float eps, bool silu_after = false);
 
 // Nearest-neighbour resize [batch·channels, h, w] -> [batch·channels, out_h, out_w] as torch's
 // F.interpolate(mode="nearest"): source index = floor(dst · in / out).
-void upsample_nearest(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t out_h, int64_t out_w);
+void upsample_nearest(const float* x, float* y, int64_t planes, int64_t h, int64_t w, int64_t out_h,
+                      int64_t out_w);
 
 // Softmax over the last dimension of [rows, dim], in place.
 void softmax_rows(float* x, int64_t rows, int64_t dim);

@@ -1,0 +1,723 @@
+#include "io/single_file.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <numeric>
+#include <set>
+
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "sdrt/error.h"
+#include "text/builtin_vocab.h"
+
+namespace sdrt::io {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kUnet = "model.diffusion_model.";
+constexpr const char* kVae = "first_stage_model.";
+constexpr const char* kClip = "cond_stage_model.transformer.";
+constexpr const char* kOpenClip = "cond_stage_model.model.";
+
+[[noreturn]] void fail(ErrorKind kind, const fs::path& file, const std::string& message) {
+  throw Error(kind, fmt::format("{}: {}", file.string(), message));
+}
+
+std::optional<DType> float_dtype(const std::string& name) {
+  if (name == "F32") return DType::kF32;
+  if (name == "F16") return DType::kF16;
+  if (name == "BF16") return DType::kBF16;
+  return std::nullopt;
+}
+
+// GroupNorm groups: SD's 32 when the widths allow it, else their gcd (tiny test models).
+int64_t norm_groups(const std::vector<int64_t>& widths) {
+  int64_t g = 0;
+  for (int64_t w : widths) g = std::gcd(g, w);
+  return g % 32 == 0 ? 32 : std::min<int64_t>(g, 32);
+}
+
+// Builds one component's plan against the checkpoint, failing on a missing key with its original name.
+class Planner {
+ public:
+  // `key_of` turns the names the planner is given into the checkpoint's keys (EMA names).
+  using KeyOf = std::function<std::string(const std::string&)>;
+  Planner(const WeightStore& src, const fs::path& file, MappedComponent& out, KeyOf key_of = nullptr)
+      : src_(src), file_(file), out_(out), key_of_(std::move(key_of)) {}
+
+  std::string key(const std::string& name) const { return key_of_ ? key_of_(name) : name; }
+  bool has(const std::string& name) const { return src_.contains(key(name)); }
+  Shape shape(const std::string& name) const {
+    if (!has(name)) missing(name);
+    return src_.info(key(name)).shape;
+  }
+  [[noreturn]] void missing(const std::string& name) const {
+    fail(ErrorKind::kModel, file_,
+         fmt::format("missing tensor \"{}\" (needed for the {})", key(name), out_.name));
+  }
+  void add(const std::string& dst, const std::string& src_key, int part = -1) {
+    Shape s = shape(src_key);
+    if (part >= 0) {
+      if (s.empty() || s[0] % 3 != 0)
+        fail(ErrorKind::kModel, file_,
+             fmt::format("tensor \"{}\" of shape {} is not a fused q/k/v projection", src_key,
+                         shape_to_string(s)));
+      s[0] /= 3;
+    }
+    out_.tensors[dst] = {key(src_key), std::move(s), part};
+  }
+  // weight + bias
+  void add_wb(const std::string& dst, const std::string& src_key) {
+    add(dst + ".weight", src_key + ".weight");
+    add(dst + ".bias", src_key + ".bias");
+  }
+  // A 1x1 convolution stored for a linear layer ([C, C, 1, 1] -> [C, C]).
+  void add_linear(const std::string& dst, const std::string& src_key) {
+    add_wb(dst, src_key);
+    auto& w = out_.tensors[dst + ".weight"].shape;
+    if (w.size() == 4) w.resize(2);
+  }
+  int count(const std::string& prefix, const std::string& suffix) const {
+    int n = 0;
+    while (has(prefix + std::to_string(n) + suffix)) ++n;
+    return n;
+  }
+
+ private:
+  const WeightStore& src_;
+  const fs::path& file_;
+  MappedComponent& out_;
+  KeyOf key_of_;
+};
+
+// ---- UNet
+
+void plan_unet_resnet(Planner& p, const std::string& dst, const std::string& src) {
+  p.add_wb(dst + ".norm1", src + ".in_layers.0");
+  p.add_wb(dst + ".conv1", src + ".in_layers.2");
+  p.add_wb(dst + ".time_emb_proj", src + ".emb_layers.1");
+  p.add_wb(dst + ".norm2", src + ".out_layers.0");
+  p.add_wb(dst + ".conv2", src + ".out_layers.3");
+  if (p.has(src + ".skip_connection.weight")) p.add_wb(dst + ".conv_shortcut", src + ".skip_connection");
+}
+
+void plan_transformer(Planner& p, const std::string& dst, const std::string& src, int depth) {
+  p.add_wb(dst + ".norm", src + ".norm");
+  p.add_wb(dst + ".proj_in", src + ".proj_in");
+  p.add_wb(dst + ".proj_out", src + ".proj_out");
+  for (int j = 0; j < depth; ++j) {
+    const std::string d = fmt::format("{}.transformer_blocks.{}", dst, j);
+    const std::string s = fmt::format("{}.transformer_blocks.{}", src, j);
+    for (const char* n :
+         {".norm1", ".norm2", ".norm3", ".ff.net.0.proj", ".ff.net.2", ".attn1.to_out.0", ".attn2.to_out.0"})
+      p.add_wb(d + n, s + n);
+    for (const char* a : {".attn1", ".attn2"})
+      for (const char* q : {".to_q", ".to_k", ".to_v"}) p.add(d + a + q + ".weight", s + a + q + ".weight");
+  }
+}
+
+// The key holding a UNet tensor: its EMA copy ("model_ema.diffusion_model" + key without dots) when
+// preferred.
+struct UnetKeys {
+  bool ema = false;
+  std::string operator()(const std::string& key) const {
+    if (!ema) return kUnet + key;
+    std::string flat = key;
+    flat.erase(std::remove(flat.begin(), flat.end(), '.'), flat.end());
+    return "model_ema.diffusion_model" + flat;
+  }
+};
+
+MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily family, bool v_pred,
+                          bool ema) {
+  MappedComponent c{"unet", "UNet2DConditionModel", {}, {}};
+  Planner p(src, file, c, UnetKeys{ema});
+  const auto k = [](const std::string& key) { return key; };  // the planner maps to the checkpoint's keys
+  const Shape conv_in = p.shape(k("input_blocks.0.0.weight"));
+  // input_blocks: conv_in, then per block `layers` (resnet [+ attention]) and a downsampler but the last.
+  int first_op = 1;
+  while (first_op < 64 && !p.has(k(fmt::format("input_blocks.{}.0.op.weight", first_op)))) ++first_op;
+  if (first_op == 64) p.missing(k("input_blocks.3.0.op.weight"));
+  const int layers = first_op - 1;
+  int blocks = 1;
+  while (p.has(k(fmt::format("input_blocks.{}.0.op.weight", blocks * (layers + 1))))) ++blocks;
+  std::vector<int64_t> widths, heads;
+  std::vector<bool> attn;
+  std::vector<int> depth;
+  for (int b = 0; b < blocks; ++b) {
+    const std::string first = fmt::format("input_blocks.{}", 1 + b * (layers + 1));
+    widths.push_back(p.shape(k(first + ".0.out_layers.3.weight"))[0]);
+    attn.push_back(p.has(k(first + ".1.proj_in.weight")));
+    depth.push_back(attn.back() ? p.count(k(first + ".1.transformer_blocks."), ".norm1.weight") : 0);
+  }
+  const std::string mid_attn = "middle_block.1";
+  const Shape proj_in = p.shape(k(mid_attn + ".proj_in.weight"));
+  const bool linear = proj_in.size() == 2;
+  const int64_t context = p.shape(k(mid_attn + ".transformer_blocks.0.attn2.to_k.weight"))[1];
+  for (int64_t w : widths) heads.push_back(family == SdFamily::kSd1 ? 8 : std::max<int64_t>(1, w / 64));
+
+  // Mapping, in diffusers' order.
+  p.add_wb("conv_in", k("input_blocks.0.0"));
+  p.add_wb("time_embedding.linear_1", k("time_embed.0"));
+  p.add_wb("time_embedding.linear_2", k("time_embed.2"));
+  int i = 1;
+  for (int b = 0; b < blocks; ++b) {
+    for (int l = 0; l < layers; ++l, ++i) {
+      plan_unet_resnet(p, fmt::format("down_blocks.{}.resnets.{}", b, l),
+                       k(fmt::format("input_blocks.{}.0", i)));
+      if (attn[b])
+        plan_transformer(p, fmt::format("down_blocks.{}.attentions.{}", b, l),
+                         k(fmt::format("input_blocks.{}.1", i)), depth[b]);
+    }
+    if (b + 1 < blocks)
+      p.add_wb(fmt::format("down_blocks.{}.downsamplers.0.conv", b),
+               k(fmt::format("input_blocks.{}.0.op", i++)));
+  }
+  plan_unet_resnet(p, "mid_block.resnets.0", k("middle_block.0"));
+  plan_transformer(p, "mid_block.attentions.0", k(mid_attn),
+                   p.count(k(mid_attn + ".transformer_blocks."), ".norm1.weight"));
+  plan_unet_resnet(p, "mid_block.resnets.1", k("middle_block.2"));
+  i = 0;
+  for (int b = 0; b < blocks; ++b) {
+    const int down = blocks - 1 - b;
+    for (int l = 0; l <= layers; ++l, ++i) {
+      plan_unet_resnet(p, fmt::format("up_blocks.{}.resnets.{}", b, l),
+                       k(fmt::format("output_blocks.{}.0", i)));
+      if (attn[down])
+        plan_transformer(p, fmt::format("up_blocks.{}.attentions.{}", b, l),
+                         k(fmt::format("output_blocks.{}.1", i)), depth[down]);
+      if (l == layers && b + 1 < blocks)
+        p.add_wb(fmt::format("up_blocks.{}.upsamplers.0.conv", b),
+                 k(fmt::format("output_blocks.{}.{}.conv", i, attn[down] ? 2 : 1)));
+    }
+  }
+  p.add_wb("conv_norm_out", k("out.0"));
+  p.add_wb("conv_out", k("out.2"));
+
+  std::vector<std::string> down_types, up_types;
+  for (int b = 0; b < blocks; ++b) down_types.push_back(attn[b] ? "CrossAttnDownBlock2D" : "DownBlock2D");
+  for (int b = blocks - 1; b >= 0; --b) up_types.push_back(attn[b] ? "CrossAttnUpBlock2D" : "UpBlock2D");
+  nlohmann::json head_json = nlohmann::json(heads);
+  if (family == SdFamily::kSd1) head_json = 8;  // SD 1.x configs hold one int
+  std::vector<int64_t> tdepth(depth.begin(), depth.end());
+  for (auto& d : tdepth) d = std::max<int64_t>(d, 1);
+  c.config = {{"_class_name", "UNet2DConditionModel"},
+              {"act_fn", "silu"},
+              {"attention_head_dim", head_json},
+              {"block_out_channels", widths},
+              {"center_input_sample", false},
+              {"cross_attention_dim", context},
+              {"down_block_types", down_types},
+              {"downsample_padding", 1},
+              {"dual_cross_attention", false},
+              {"flip_sin_to_cos", true},
+              {"freq_shift", 0},
+              {"in_channels", conv_in[1]},
+              {"layers_per_block", layers},
+              {"mid_block_scale_factor", 1},
+              {"mid_block_type", "UNetMidBlock2DCrossAttn"},
+              {"norm_eps", 1e-5},
+              {"norm_num_groups", norm_groups(widths)},
+              {"only_cross_attention", false},
+              {"out_channels", p.shape(k("out.2.weight"))[0]},
+              {"sample_size", family == SdFamily::kSd2 && v_pred ? 96 : 64},
+              {"transformer_layers_per_block", tdepth},
+              {"up_block_types", up_types},
+              {"upcast_attention", family == SdFamily::kSd2 && v_pred},
+              {"use_linear_projection", linear}};
+  return c;
+}
+
+// ---- VAE
+
+void plan_vae_resnet(Planner& p, const std::string& dst, const std::string& src) {
+  for (const char* n : {".norm1", ".conv1", ".norm2", ".conv2"}) p.add_wb(dst + n, src + n);
+  if (p.has(src + ".nin_shortcut.weight")) p.add_wb(dst + ".conv_shortcut", src + ".nin_shortcut");
+}
+
+void plan_vae_mid(Planner& p, const std::string& dst, const std::string& src) {
+  plan_vae_resnet(p, dst + ".resnets.0", src + ".block_1");
+  p.add_wb(dst + ".attentions.0.group_norm", src + ".attn_1.norm");
+  p.add_linear(dst + ".attentions.0.to_q", src + ".attn_1.q");
+  p.add_linear(dst + ".attentions.0.to_k", src + ".attn_1.k");
+  p.add_linear(dst + ".attentions.0.to_v", src + ".attn_1.v");
+  p.add_linear(dst + ".attentions.0.to_out.0", src + ".attn_1.proj_out");
+  plan_vae_resnet(p, dst + ".resnets.1", src + ".block_2");
+}
+
+nlohmann::json vae_config(const std::vector<int64_t>& widths, int64_t layers, int64_t in, int64_t out,
+                          int64_t latent, int64_t sample_size) {
+  return {{"_class_name", "AutoencoderKL"},
+          {"act_fn", "silu"},
+          {"block_out_channels", widths},
+          {"down_block_types", std::vector<std::string>(widths.size(), "DownEncoderBlock2D")},
+          {"in_channels", in},
+          {"latent_channels", latent},
+          {"layers_per_block", layers},
+          {"norm_num_groups", norm_groups(widths)},
+          {"out_channels", out},
+          {"sample_size", sample_size},
+          {"scaling_factor", 0.18215},
+          {"up_block_types", std::vector<std::string>(widths.size(), "UpDecoderBlock2D")}};
+}
+
+MappedComponent plan_vae(const WeightStore& src, const fs::path& file, const std::string& pre,
+                         int64_t sample_size) {
+  MappedComponent c{"vae", "AutoencoderKL", {}, {}};
+  Planner p(src, file, c);
+  const Shape conv_in = p.shape(pre + "encoder.conv_in.weight");
+  const int blocks = p.count(pre + "encoder.down.", ".block.0.conv1.weight");
+  const int layers = p.count(pre + "encoder.down.0.block.", ".conv1.weight");
+  if (blocks == 0 || layers == 0) p.missing(pre + "encoder.down.0.block.0.conv1.weight");
+  std::vector<int64_t> widths;
+  for (int b = 0; b < blocks; ++b)
+    widths.push_back(p.shape(fmt::format("{}encoder.down.{}.block.0.conv2.weight", pre, b))[0]);
+
+  for (const char* coder : {"encoder", "decoder"}) {
+    const std::string s = pre + coder, d = coder;
+    p.add_wb(d + ".conv_in", s + ".conv_in");
+    plan_vae_mid(p, d + ".mid_block", s + ".mid");
+    p.add_wb(d + ".conv_norm_out", s + ".norm_out");
+    p.add_wb(d + ".conv_out", s + ".conv_out");
+  }
+  for (int b = 0; b < blocks; ++b) {
+    for (int l = 0; l < layers; ++l)
+      plan_vae_resnet(p, fmt::format("encoder.down_blocks.{}.resnets.{}", b, l),
+                      fmt::format("{}encoder.down.{}.block.{}", pre, b, l));
+    if (b + 1 < blocks)
+      p.add_wb(fmt::format("encoder.down_blocks.{}.downsamplers.0.conv", b),
+               fmt::format("{}encoder.down.{}.downsample.conv", pre, b));
+    // The original numbers decoder blocks from the lowest resolution up, diffusers from the top down.
+    const int up = blocks - 1 - b;
+    for (int l = 0; l <= layers; ++l)
+      plan_vae_resnet(p, fmt::format("decoder.up_blocks.{}.resnets.{}", b, l),
+                      fmt::format("{}decoder.up.{}.block.{}", pre, up, l));
+    if (b + 1 < blocks)
+      p.add_wb(fmt::format("decoder.up_blocks.{}.upsamplers.0.conv", b),
+               fmt::format("{}decoder.up.{}.upsample.conv", pre, up));
+  }
+  if (p.has(pre + "quant_conv.weight")) p.add_wb("quant_conv", pre + "quant_conv");
+  if (p.has(pre + "post_quant_conv.weight")) p.add_wb("post_quant_conv", pre + "post_quant_conv");
+  const int64_t latent = p.shape(pre + "decoder.conv_in.weight")[1];
+  c.config = vae_config(widths, layers, conv_in[1], p.shape(pre + "decoder.conv_out.weight")[0], latent,
+                        sample_size);
+  c.config["use_quant_conv"] = c.tensors.count("quant_conv.weight") != 0;
+  c.config["use_post_quant_conv"] = c.tensors.count("post_quant_conv.weight") != 0;
+  return c;
+}
+
+// A VAE file already in diffusers' names: identity mapping, config from the shapes.
+MappedComponent plan_diffusers_vae(const WeightStore& src, const fs::path& file) {
+  MappedComponent c{"vae", "AutoencoderKL", {}, {}};
+  Planner p(src, file, c);
+  for (const auto& name : src.names()) c.tensors[name] = {name, src.info(name).shape, -1};
+  const int blocks = p.count("encoder.down_blocks.", ".resnets.0.conv1.weight");
+  const int layers = p.count("encoder.down_blocks.0.resnets.", ".conv1.weight");
+  std::vector<int64_t> widths;
+  for (int b = 0; b < blocks; ++b)
+    widths.push_back(p.shape(fmt::format("encoder.down_blocks.{}.resnets.0.conv2.weight", b))[0]);
+  c.config = vae_config(widths, layers, p.shape("encoder.conv_in.weight")[1],
+                        p.shape("decoder.conv_out.weight")[0], p.shape("decoder.conv_in.weight")[1], 512);
+  c.config["use_quant_conv"] = p.has("quant_conv.weight");
+  c.config["use_post_quant_conv"] = p.has("post_quant_conv.weight");
+  return c;
+}
+
+// ---- text encoders
+
+nlohmann::json clip_config(int64_t vocab, int64_t width, int64_t inner, int64_t layers, int64_t positions,
+                           const std::string& act, int64_t projection) {
+  return {{"architectures", {"CLIPTextModel"}},
+          {"attention_dropout", 0.0},
+          {"bos_token_id", 49406},
+          {"eos_token_id", 49407},
+          {"hidden_act", act},
+          {"hidden_size", width},
+          {"initializer_factor", 1.0},
+          {"initializer_range", 0.02},
+          {"intermediate_size", inner},
+          {"layer_norm_eps", 1e-5},
+          {"max_position_embeddings", positions},
+          {"model_type", "clip_text_model"},
+          {"num_attention_heads", std::max<int64_t>(1, width / 64)},
+          {"num_hidden_layers", layers},
+          {"pad_token_id", 1},
+          {"projection_dim", projection},
+          {"torch_dtype", "float32"},
+          {"vocab_size", vocab}};
+}
+
+void plan_clip_layer(Planner& p, const std::string& dst, const std::string& src) {
+  for (const char* n : {".layer_norm1", ".layer_norm2", ".mlp.fc1", ".mlp.fc2", ".self_attn.q_proj",
+                        ".self_attn.k_proj", ".self_attn.v_proj", ".self_attn.out_proj"})
+    p.add_wb(dst + n, src + n);
+}
+
+// SD 1.x: transformers' CLIPTextModel under cond_stage_model.transformer.[text_model.]
+MappedComponent plan_clip(const WeightStore& src, const fs::path& file) {
+  MappedComponent c{"text_encoder", "CLIPTextModel", {}, {}};
+  Planner p(src, file, c);
+  std::string s = std::string(kClip) + "text_model.";
+  if (!p.has(s + "embeddings.token_embedding.weight")) s = kClip;  // very old checkpoints
+  const Shape tok = p.shape(s + "embeddings.token_embedding.weight");
+  const int layers = p.count(s + "encoder.layers.", ".layer_norm1.weight");
+  p.add("text_model.embeddings.token_embedding.weight", s + "embeddings.token_embedding.weight");
+  p.add("text_model.embeddings.position_embedding.weight", s + "embeddings.position_embedding.weight");
+  for (int l = 0; l < layers; ++l)
+    plan_clip_layer(p, fmt::format("text_model.encoder.layers.{}", l),
+                    fmt::format("{}encoder.layers.{}", s, l));
+  p.add_wb("text_model.final_layer_norm", s + "final_layer_norm");
+  const int64_t inner = p.shape(s + "encoder.layers.0.mlp.fc1.weight")[0];
+  c.config = clip_config(tok[0], tok[1], inner, layers,
+                         p.shape(s + "embeddings.position_embedding.weight")[0], "quick_gelu", tok[1]);
+  return c;
+}
+
+// SD 2.x: OpenCLIP's text tower; q/k/v fused in attn.in_proj_*, the last resblock unused (penultimate layer).
+MappedComponent plan_open_clip(const WeightStore& src, const fs::path& file) {
+  MappedComponent c{"text_encoder", "CLIPTextModel", {}, {}};
+  Planner p(src, file, c);
+  const std::string s = kOpenClip;
+  const Shape tok = p.shape(s + "token_embedding.weight");
+  const int blocks = p.count(s + "transformer.resblocks.", ".ln_1.weight");
+  if (blocks < 2) p.missing(s + "transformer.resblocks.1.ln_1.weight");
+  const int layers = blocks - 1;
+  p.add("text_model.embeddings.token_embedding.weight", s + "token_embedding.weight");
+  p.add("text_model.embeddings.position_embedding.weight", s + "positional_embedding");
+  for (int l = 0; l < layers; ++l) {
+    const std::string d = fmt::format("text_model.encoder.layers.{}", l);
+    const std::string r = fmt::format("{}transformer.resblocks.{}", s, l);
+    p.add_wb(d + ".layer_norm1", r + ".ln_1");
+    p.add_wb(d + ".layer_norm2", r + ".ln_2");
+    p.add_wb(d + ".mlp.fc1", r + ".mlp.c_fc");
+    p.add_wb(d + ".mlp.fc2", r + ".mlp.c_proj");
+    p.add_wb(d + ".self_attn.out_proj", r + ".attn.out_proj");
+    const char* qkv[] = {".self_attn.q_proj", ".self_attn.k_proj", ".self_attn.v_proj"};
+    for (int part = 0; part < 3; ++part) {
+      p.add(d + qkv[part] + ".weight", r + ".attn.in_proj_weight", part);
+      p.add(d + qkv[part] + ".bias", r + ".attn.in_proj_bias", part);
+    }
+  }
+  p.add_wb("text_model.final_layer_norm", s + "ln_final");
+  const int64_t inner = p.shape(s + "transformer.resblocks.0.mlp.c_fc.weight")[0];
+  const int64_t projection = p.has(s + "text_projection") ? p.shape(s + "text_projection")[1] : tok[1];
+  c.config =
+      clip_config(tok[0], tok[1], inner, layers, p.shape(s + "positional_embedding")[0], "gelu", projection);
+  return c;
+}
+
+// `parameterization: "v"` in the original training config next to the checkpoint (<stem>.yaml).
+std::optional<std::string> yaml_parameterization(const fs::path& yaml) {
+  std::ifstream in(yaml);
+  if (!in) return std::nullopt;
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto hash = line.find('#');
+    if (hash != std::string::npos) line.resize(hash);
+    const auto at = line.find("parameterization:");
+    if (at == std::string::npos) continue;
+    std::string v = line.substr(at + 17);
+    v.erase(std::remove_if(
+                v.begin(), v.end(),
+                [](char ch) { return ch == ' ' || ch == '"' || ch == '\'' || ch == '\t' || ch == '\r'; }),
+            v.end());
+    return v;
+  }
+  return std::nullopt;
+}
+
+std::string normalize_prediction(const std::string& v, const std::string& origin) {
+  if (v == "epsilon" || v == "eps") return "epsilon";
+  if (v == "v_prediction" || v == "v") return "v_prediction";
+  throw Error(ErrorKind::kInvalidArgument,
+              fmt::format("{}: unknown prediction type \"{}\" (epsilon or v_prediction)", origin, v));
+}
+
+bool has_prefix(const WeightStore& src, const std::string& prefix) {
+  const auto names = src.names();
+  auto it = std::lower_bound(names.begin(), names.end(), prefix);
+  return it != names.end() && it->compare(0, prefix.size(), prefix) == 0;
+}
+
+size_t count_prefix(const std::vector<std::string>& names, const std::string& prefix) {
+  return std::count_if(names.begin(), names.end(),
+                       [&](const std::string& n) { return n.compare(0, prefix.size(), prefix) == 0; });
+}
+
+}  // namespace
+
+const char* sd_family_name(SdFamily family) {
+  return family == SdFamily::kSd1 ? "SD 1.x" : "SD 2.x";
+}
+
+int64_t MappedComponent::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& entry : tensors) n += shape_numel(entry.second.shape);
+  return n;
+}
+
+SingleFile::SingleFile() = default;
+SingleFile::SingleFile(SingleFile&&) noexcept = default;
+SingleFile& SingleFile::operator=(SingleFile&&) noexcept = default;
+SingleFile::~SingleFile() = default;
+
+SingleFile SingleFile::open(const fs::path& path, const SingleFileOptions& options) {
+  SingleFile f;
+  f.path_ = path;
+  f.source_ = std::make_shared<const WeightStore>(WeightStore::open(path));
+  const WeightStore& src = *f.source_;
+  const bool has_clip = has_prefix(src, kClip), has_open_clip = has_prefix(src, kOpenClip);
+  const bool has_unet = src.contains(std::string(kUnet) + "input_blocks.0.0.weight");
+  if (!has_clip && !has_open_clip && !has_unet) {
+    const bool sdxl = has_prefix(src, "conditioner.embedders.");
+    fail(sdxl ? ErrorKind::kUnsupported : ErrorKind::kFormat, path,
+         sdxl ? "an SDXL checkpoint (conditioner.embedders.*): only SD 1.x / 2.x single files are supported"
+              : "not an SD 1.x / 2.x checkpoint in the original layout (no model.diffusion_model.* or "
+                "cond_stage_model.* tensors)");
+  }
+  if (has_open_clip) {
+    f.family_ = SdFamily::kSd2;
+  } else if (!has_clip && has_unet) {
+    const auto proj = src.info(std::string(kUnet) + "middle_block.1.proj_in.weight").shape;
+    f.family_ = proj.size() == 2 ? SdFamily::kSd2 : SdFamily::kSd1;
+  }
+  // Prediction type: the option, else the sidecar yaml, else epsilon.
+  if (options.prediction_type) {
+    f.prediction_type_ = normalize_prediction(*options.prediction_type, "--prediction");
+    f.prediction_source_ = "option";
+  } else {
+    auto yaml = path;
+    yaml.replace_extension(".yaml");
+    if (const auto v = yaml_parameterization(yaml)) {
+      f.prediction_type_ = normalize_prediction(*v, yaml.string());
+      f.prediction_source_ = yaml.string();
+    }
+  }
+  if (f.family_ == SdFamily::kSd1 ? !has_clip : !has_open_clip)
+    fail(ErrorKind::kModel, path,
+         fmt::format("no text encoder ({}* tensors)", f.family_ == SdFamily::kSd1 ? kClip : kOpenClip));
+  f.text_encoder_ = f.family_ == SdFamily::kSd1 ? plan_clip(src, path) : plan_open_clip(src, path);
+  if (options.text_encoder_only) return f;
+  if (!has_unet)
+    fail(ErrorKind::kModel, path, fmt::format("missing tensor \"{}input_blocks.0.0.weight\"", kUnet));
+  // diffusers' rule: a checkpoint with over 100 model_ema.* tensors carries EMA weights.
+  const auto names = src.names();
+  f.uses_ema_ = options.prefer_ema && count_prefix(names, "model_ema.") > 100;
+  const bool v_pred = f.prediction_type_ == "v_prediction";
+  f.unet_ = plan_unet(src, path, f.family_, v_pred, f.uses_ema_);
+  f.vae_ = plan_vae(src, path, kVae, f.family_ == SdFamily::kSd2 && v_pred ? 768 : 512);
+  return f;
+}
+
+SingleFile SingleFile::open_vae(const fs::path& path) {
+  SingleFile f;
+  f.path_ = path;
+  f.source_ = std::make_shared<const WeightStore>(WeightStore::open(path));
+  const WeightStore& src = *f.source_;
+  if (src.contains("encoder.down_blocks.0.resnets.0.conv1.weight")) {
+    f.vae_ = plan_diffusers_vae(src, path);
+  } else if (src.contains("encoder.down.0.block.0.conv1.weight")) {
+    f.vae_ = plan_vae(src, path, "", 512);
+  } else if (src.contains(std::string(kVae) + "encoder.down.0.block.0.conv1.weight")) {
+    f.vae_ = plan_vae(src, path, kVae, 512);
+  } else {
+    fail(ErrorKind::kFormat, path,
+         "not a VAE (no encoder.down.0.block.0.conv1.weight, first_stage_model.* or encoder.down_blocks.* "
+         "tensors)");
+  }
+  return f;
+}
+
+nlohmann::json SingleFile::scheduler_config() const {
+  return {{"_class_name", "PNDMScheduler"},
+          {"beta_end", 0.012},
+          {"beta_schedule", "scaled_linear"},
+          {"beta_start", 0.00085},
+          {"clip_sample", false},
+          {"num_train_timesteps", 1000},
+          {"prediction_type", prediction_type_},
+          {"set_alpha_to_one", false},
+          {"skip_prk_steps", true},
+          {"steps_offset", 1},
+          {"timestep_spacing", "leading"},
+          {"trained_betas", nullptr}};
+}
+
+text::ClipTokenizerConfig SingleFile::tokenizer_config() const {
+  text::ClipTokenizerConfig c;
+  c.pad_token = family_ == SdFamily::kSd1 ? "<|endoftext|>" : "!";
+  return c;
+}
+
+size_t SingleFile::tensor_count() const {
+  return source_->names().size();
+}
+
+std::string SingleFile::stored_dtypes() const {
+  std::set<std::string> seen;
+  for (const auto& n : source_->names()) seen.insert(source_->info(n).dtype);
+  std::string out;
+  for (const auto& d : seen) out += (out.empty() ? "" : ",") + d;
+  return out;
+}
+
+std::map<std::string, Tensor> SingleFile::load(const MappedComponent& component) const {
+  std::map<std::string, Tensor> out;
+  for (const auto& [name, m] : component.tensors) {
+    const auto& info = source_->info(m.source);
+    const auto dtype = float_dtype(info.dtype);
+    if (!dtype)
+      fail(ErrorKind::kUnsupported, path_,
+           fmt::format("tensor \"{}\" has dtype {} (F32, F16 or BF16 expected)", m.source, info.dtype));
+    Tensor t = source_->load(m.source, *dtype);
+    if (m.part >= 0) {  // one third of a fused projection along dim 0
+      Tensor slice(m.shape, *dtype);
+      const size_t bytes = slice.nbytes();
+      std::memcpy(slice.raw_data(), static_cast<const std::byte*>(t.raw_data()) + bytes * m.part, bytes);
+      t = std::move(slice);
+    } else if (t.shape() != m.shape) {
+      t = t.reshape(m.shape);
+    }
+    out.emplace(name, std::move(t));
+  }
+  return out;
+}
+
+WeightStore SingleFile::store(const MappedComponent& component) const {
+  return WeightStore::from_tensors(load(component), fmt::format("{} ({})", path_.string(), component.name));
+}
+
+void write_safetensors(const fs::path& path, const std::map<std::string, Tensor>& tensors) {
+  nlohmann::json header = nlohmann::json::object();
+  header["__metadata__"] = {{"format", "pt"}};
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    const char* dtype = t.dtype() == DType::kF32 ? "F32" : t.dtype() == DType::kF16 ? "F16" : "BF16";
+    header[name] = {{"dtype", dtype}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
+    offset += t.nbytes();
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');
+  std::string bytes(8, '\0');
+  uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  bytes += h;
+  bytes.reserve(bytes.size() + offset);
+  for (const auto& [name, t] : tensors) bytes.append(static_cast<const char*>(t.raw_data()), t.nbytes());
+  write_file_atomically(path, bytes);
+}
+
+namespace {
+
+void append_utf8(std::string& s, uint32_t cp) {
+  if (cp < 0x80) {
+    s += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    s += static_cast<char>(0xC0 | (cp >> 6));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    s += static_cast<char>(0xE0 | (cp >> 12));
+    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+// tokenizer/ as SD 1.5 / 2.1 ship it: vocab.json and merges.txt from OpenAI's merges
+// (scripts/make_fixtures.py).
+void write_tokenizer_folder(const fs::path& dir, const std::string& pad_token) {
+  constexpr size_t kMerges = 49152 - 256 - 2;
+  fs::create_directories(dir);
+  // GPT-2's byte alphabet: printable bytes map to themselves, the others to 256 + n, in that order.
+  std::vector<uint32_t> order;
+  for (uint32_t b = '!'; b <= '~'; ++b) order.push_back(b);
+  for (uint32_t b = 0xA1; b <= 0xAC; ++b) order.push_back(b);
+  for (uint32_t b = 0xAE; b <= 0xFF; ++b) order.push_back(b);
+  std::vector<std::string> symbols;
+  for (uint32_t b : order) append_utf8(symbols.emplace_back(), b);
+  uint32_t extra = 0;
+  for (uint32_t b = 0; b < 256; ++b)
+    if (std::find(order.begin(), order.end(), b) == order.end())
+      append_utf8(symbols.emplace_back(), 256 + extra++);
+  std::vector<std::string> vocab = symbols;
+  for (const auto& s : symbols) vocab.push_back(s + "</w>");
+  const std::string& text = text::builtin_clip_merges_text();
+  std::string merges = "#version: 0.2\n";
+  size_t pos = text.find('\n') + 1;
+  for (size_t n = 0; n < kMerges && pos < text.size(); ++n) {
+    const size_t end = std::min(text.find('\n', pos), text.size());
+    std::string line = text.substr(pos, end - pos);
+    merges += line + "\n";
+    line.erase(std::remove(line.begin(), line.end(), ' '), line.end());
+    vocab.push_back(line);
+    pos = end + 1;
+  }
+  vocab.push_back("<|startoftext|>");
+  vocab.push_back("<|endoftext|>");
+  nlohmann::json v = nlohmann::json::object();  // key order is immaterial; ordered_json inserts in O(n)
+  for (size_t i = 0; i < vocab.size(); ++i) v[vocab[i]] = i;
+  write_file_atomically(dir / "vocab.json", v.dump());
+  write_file_atomically(dir / "merges.txt", merges);
+  const auto special = [](const std::string& t) {
+    return nlohmann::json{
+        {"content", t}, {"lstrip", false}, {"normalized", true}, {"rstrip", false}, {"single_word", false}};
+  };
+  const nlohmann::json pad = pad_token == "!" ? nlohmann::json(pad_token) : special(pad_token);
+  const nlohmann::json config = {{"add_prefix_space", false},
+                                 {"bos_token", special("<|startoftext|>")},
+                                 {"do_lower_case", true},
+                                 {"eos_token", special("<|endoftext|>")},
+                                 {"errors", "replace"},
+                                 {"model_max_length", 77},
+                                 {"pad_token", pad_token},
+                                 {"tokenizer_class", "CLIPTokenizer"},
+                                 {"unk_token", special("<|endoftext|>")}};
+  write_file_atomically(dir / "tokenizer_config.json", config.dump(2));
+  const nlohmann::json map = {{"bos_token", special("<|startoftext|>")},
+                              {"eos_token", special("<|endoftext|>")},
+                              {"pad_token", pad},
+                              {"unk_token", special("<|endoftext|>")}};
+  write_file_atomically(dir / "special_tokens_map.json", map.dump(2));
+}
+
+}  // namespace
+
+void convert_to_diffusers(const SingleFile& file, const fs::path& dir) {
+  if (!file.text_encoder() || !file.unet() || !file.vae())
+    fail(ErrorKind::kInvalidArgument, file.path(),
+         "convert needs a whole checkpoint (text encoder, UNet, VAE)");
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_empty(dir, ec))
+    fail(ErrorKind::kInvalidArgument, dir, "output folder exists and is not empty");
+  fs::create_directories(dir, ec);
+  if (ec) fail(ErrorKind::kIo, dir, "cannot create the folder: " + ec.message());
+  const auto write_component = [&](const MappedComponent& c, const std::string& stem) {
+    fs::create_directories(dir / c.name);
+    write_file_atomically(dir / c.name / "config.json", c.config.dump(2));
+    write_safetensors(dir / c.name / (stem + ".safetensors"), file.load(c));
+  };
+  write_component(*file.text_encoder(), "model");
+  write_component(*file.unet(), "diffusion_pytorch_model");
+  write_component(*file.vae(), "diffusion_pytorch_model");
+  fs::create_directories(dir / "scheduler");
+  write_file_atomically(dir / "scheduler" / "scheduler_config.json", file.scheduler_config().dump(2));
+  write_tokenizer_folder(dir / "tokenizer", file.tokenizer_config().pad_token);
+  const nlohmann::json index = {{"_class_name", "StableDiffusionPipeline"},
+                                {"_diffusers_version", "0.30.0"},
+                                {"feature_extractor", {nullptr, nullptr}},
+                                {"requires_safety_checker", false},
+                                {"safety_checker", {nullptr, nullptr}},
+                                {"scheduler", {"diffusers", "PNDMScheduler"}},
+                                {"text_encoder", {"transformers", "CLIPTextModel"}},
+                                {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                                {"unet", {"diffusers", "UNet2DConditionModel"}},
+                                {"vae", {"diffusers", "AutoencoderKL"}}};
+  write_file_atomically(dir / "model_index.json", index.dump(2));
+}
+
+}  // namespace sdrt::io
