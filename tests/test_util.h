@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -14,6 +15,8 @@
 namespace sdrt::testing {
 
 inline std::filesystem::path fixtures_dir() {
+  // The environment wins, so the test binary can run against another checkout (the GPU machine's copy).
+  if (const char* env = std::getenv("SDRT_FIXTURES_DIR")) return env;
   return SDRT_FIXTURES_DIR;
 }
 

@@ -34,6 +34,7 @@ struct LoadOptions {
   std::optional<std::string> prediction_type;
   // A VAE file (original or diffusers layout) used instead of the model's own.
   std::filesystem::path vae;
+  Device device = Device::kHost;  // kCuda: UNet and VAE decoder in fp16 on the GPU
 };
 
 // What `sdrt info` shows: the components found and their key configuration values.

@@ -57,6 +57,15 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& j, const std::str
   return c;
 }
 
+std::string clip_text_key_prefix(const io::WeightStore& weights) {
+  if (weights.contains("text_model.embeddings.token_embedding.weight")) return "text_model.";
+  if (weights.contains("embeddings.token_embedding.weight")) return "";
+  throw Error(
+      ErrorKind::kModel,
+      fmt::format("{}: no CLIP text encoder weights (neither \"embeddings.token_embedding.weight\" nor "
+                  "\"text_model.embeddings.token_embedding.weight\")",
+                  weights.source().string()));
+}
 
 ClipTextModel ClipTextModel::from_folder(const std::filesystem::path& dir) {
   std::error_code ec;
@@ -65,17 +74,7 @@ ClipTextModel ClipTextModel::from_folder(const std::filesystem::path& dir) {
   const auto config_path = dir / "config.json";
   const ClipTextConfig config = ClipTextConfig::from_json_file(config_path);
   const auto weights = io::WeightStore::from_component_dir(dir, "model");
-  // transformers 4 wrote "text_model.embeddings...", transformers 5 writes "embeddings...".
-  std::string prefix;
-  if (weights.contains("text_model.embeddings.token_embedding.weight")) {
-    prefix = "text_model.";
-  } else if (!weights.contains("embeddings.token_embedding.weight")) {
-    throw Error(
-        ErrorKind::kModel,
-        fmt::format("{}: no CLIP text encoder weights (neither \"embeddings.token_embedding.weight\" nor "
-                    "\"text_model.embeddings.token_embedding.weight\")",
-                    weights.source().string()));
-  }
+  const std::string prefix = clip_text_key_prefix(weights);
   return from_weights(config, weights, prefix, config_path.string());
 }
 
@@ -126,15 +125,12 @@ int64_t ClipTextModel::parameter_count() const {
   return n;
 }
 
-ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hidden_states) const {
+Tensor ClipTextModel::embed(std::span<const int32_t> ids) const {
   const auto& c = config_;
-  const int64_t S = static_cast<int64_t>(ids.size()), D = c.hidden_size, I = c.intermediate_size;
-  const int64_t H = c.num_attention_heads, head_dim = D / H;
+  const int64_t S = static_cast<int64_t>(ids.size()), D = c.hidden_size;
   if (S == 0 || S > c.max_position_embeddings)
     throw Error(ErrorKind::kInvalidArgument,
                 fmt::format("text encoder: {} tokens, expected 1..{}", S, c.max_position_embeddings));
-
-  // x [S, D] = token_embedding[ids] + position_embedding[0..S)
   Tensor x({1, S, D}, DType::kF32);
   float* xd = x.data<float>();
   const float* tok = token_embedding_.data<float>();
@@ -147,6 +143,19 @@ ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hi
                               s, c.vocab_size));
     for (int64_t d = 0; d < D; ++d) xd[s * D + d] = tok[id * D + d] + pos[s * D + d];
   }
+  return x;
+}
+
+ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hidden_states) const {
+  const auto& c = config_;
+  const int64_t S = static_cast<int64_t>(ids.size()), D = c.hidden_size, I = c.intermediate_size;
+  const int64_t H = c.num_attention_heads, head_dim = D / H;
+  if (S == 0 || S > c.max_position_embeddings)
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("text encoder: {} tokens, expected 1..{}", S, c.max_position_embeddings));
+
+  Tensor x = embed(ids);  // [1, S, D]
+  float* xd = x.data<float>();
 
   ClipTextOutput out;
   if (keep_hidden_states) out.hidden_states.push_back(x.to(DType::kF32));

@@ -50,6 +50,10 @@ struct ClipTextOutput {
   Tensor pooler_output;               // [1, D]: last_hidden_state at the (first) EOS token
 };
 
+// The prefix of a CLIP text encoder's keys in `weights`: transformers 4 wrote "text_model.embeddings...",
+// transformers 5 writes "embeddings...". Throws kModel naming the file when neither is there.
+std::string clip_text_key_prefix(const io::WeightStore& weights);
+
 class ClipTextModel {
  public:
   // Loads text_encoder/ of a diffusers folder: config.json + (sharded / fp16-variant) safetensors.
@@ -63,6 +67,9 @@ class ClipTextModel {
   // Runs one sequence of token ids (length <= max_position_embeddings).
   ClipTextOutput forward(std::span<const int32_t> ids, bool keep_hidden_states = false) const;
 
+  // The input of the first layer: token_embedding[ids] + position_embedding[0..S) -> [1, S, D]. Throws
+  // naming the token when an id is outside the vocabulary.
+  Tensor embed(std::span<const int32_t> ids) const;
   // Number of parameters (for `sdrt info`).
   int64_t parameter_count() const;
 

@@ -11,7 +11,7 @@
 namespace sdrt::models {
 
 Tensor load_weight(const io::WeightStore& weights, const std::string& name, const Shape& expected,
-                   const std::string& config_source) {
+                   const std::string& config_source, DType dtype) {
   if (!weights.contains(name))
     throw Error(ErrorKind::kModel, fmt::format("{}: missing tensor \"{}\" (expected by {})",
                                                weights.source().string(), name, config_source));
@@ -21,7 +21,7 @@ Tensor load_weight(const io::WeightStore& weights, const std::string& name, cons
         ErrorKind::kModel,
         fmt::format("{}: tensor \"{}\" has shape {} but {} implies {}", weights.file_of(name).string(), name,
                     shape_to_string(info.shape), config_source, shape_to_string(expected)));
-  return weights.load(name, DType::kF32);
+  return weights.load(name, dtype);
 }
 
 Linear Linear::load(const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,

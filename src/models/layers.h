@@ -18,13 +18,13 @@ namespace sdrt::models {
 // Loads `name` as f32 after checking it exists with shape `expected`; errors name the file, tensor, both
 // shapes and `config_source` (the config.json the expectation came from).
 Tensor load_weight(const io::WeightStore& weights, const std::string& name, const Shape& expected,
-                   const std::string& config_source);
+                   const std::string& config_source, DType dtype = DType::kF32);
 
 struct WeightSource {
   const io::WeightStore& store;
   std::string config_source;  // for error messages: the config.json the shapes come from
-  Tensor get(const std::string& name, const Shape& expected) const {
-    return load_weight(store, name, expected, config_source);
+  Tensor get(const std::string& name, const Shape& expected, DType dtype = DType::kF32) const {
+    return load_weight(store, name, expected, config_source, dtype);
   }
 };
 

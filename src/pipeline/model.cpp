@@ -46,17 +46,17 @@ void check_components(const Model::Impl& m, const std::filesystem::path& path) {
         ErrorKind::kModel,
         fmt::format("{}: tokenizer vocabulary ({} entries) is larger than the text encoder's vocab_size {}",
                     path.string(), m.tokenizer.vocab_size(), m.text_encoder.config().vocab_size));
-  if (!m.unet) return;
-  const auto& unet = m.unet->config();
+  if (!m.unet_config) return;
+  const auto& unet = *m.unet_config;
   if (unet.cross_attention_dim != m.text_encoder.config().hidden_size)
     throw Error(
         ErrorKind::kModel,
         fmt::format("{}: unet cross_attention_dim {} does not match the text encoder's hidden_size {}",
                     path.string(), unet.cross_attention_dim, m.text_encoder.config().hidden_size));
-  if (unet.in_channels != m.vae->config().latent_channels)
+  if (unet.in_channels != m.vae_config->latent_channels)
     throw Error(ErrorKind::kModel,
                 fmt::format("{}: unet in_channels {} does not match the vae's latent_channels {}",
-                            path.string(), unet.in_channels, m.vae->config().latent_channels));
+                            path.string(), unet.in_channels, m.vae_config->latent_channels));
 }
 
 // A single-file checkpoint: every component from one file, configs derived by io::SingleFile.
@@ -72,14 +72,34 @@ Model::Impl load_single_file(const std::filesystem::path& path, const LoadOption
   Model::Impl m{path, path.stem().string(), std::move(tokenizer), std::move(text_encoder), {}, {}, {}, {}};
   if (options.text_encoder_only) return m;
   const auto& unet = *file.unet();
-  m.unet.emplace(models::UNet::from_weights(models::UNetConfig::from_json(unet.config, label("unet")),
-                                            file.store(unet), label("unet")));
-  if (options.vae.empty()) {
+  const auto unet_config = models::UNetConfig::from_json(unet.config, label("unet"));
+  if (options.device == Device::kCuda) {
+    if (!options.vae.empty())
+      throw Error(ErrorKind::kUnsupported, "--vae with --device cuda is not supported yet");
     const auto& vae = *file.vae();
-    m.vae.emplace(models::AutoencoderKL::from_weights(models::VaeConfig::from_json(vae.config, label("vae")),
-                                                      file.store(vae), label("vae"), {.encoder = false}));
+    const auto vae_config = models::VaeConfig::from_json(vae.config, label("vae"));
+    const auto vae_store = file.store(vae);
+    m.cuda = CudaEngine::create(
+        {unet_config, file.store(unet), label("unet"), vae_config, vae_store, label("vae")});
+    m.unet_config = unet_config;
+    m.vae_config = vae_config;
+    m.load_cpu_vae = [path, vae_config, label] {
+      const auto again = io::SingleFile::open(path, {});
+      return models::AutoencoderKL::from_weights(vae_config, again.store(*again.vae()), label("vae"),
+                                                 {.encoder = false});
+    };
   } else {
-    m.vae.emplace(load_vae_file(options.vae));
+    m.unet.emplace(models::UNet::from_weights(unet_config, file.store(unet), label("unet")));
+    if (options.vae.empty()) {
+      const auto& vae = *file.vae();
+      m.vae.emplace(
+          models::AutoencoderKL::from_weights(models::VaeConfig::from_json(vae.config, label("vae")),
+                                              file.store(vae), label("vae"), {.encoder = false}));
+    } else {
+      m.vae.emplace(load_vae_file(options.vae));
+    }
+    m.unet_config = m.unet->config();
+    m.vae_config = m.vae->config();
   }
   m.scheduler_config =
       schedulers::SchedulerConfig::from_json_text(file.scheduler_config().dump(), label("scheduler"));
@@ -118,25 +138,53 @@ Model Model::load(const std::filesystem::path& path, const LoadOptions& options)
                                              {}});
   if (impl->name.empty()) impl->name = std::filesystem::absolute(path).parent_path().filename().string();
   if (!options.text_encoder_only) {
-    impl->unet.emplace(models::UNet::from_folder(folder.component_dir("unet")));
-    if (options.vae.empty())
-      impl->vae.emplace(models::AutoencoderKL::from_folder(folder.component_dir("vae"), {.encoder = false}));
-    else
-      impl->vae.emplace(load_vae_file(options.vae));
+    if (options.device == Device::kCuda) {
+      if (!options.vae.empty())
+        throw Error(ErrorKind::kUnsupported, "--vae with --device cuda is not supported yet");
+      const auto unet_dir = folder.component_dir("unet"), vae_dir = folder.component_dir("vae");
+      const auto unet_config = models::UNetConfig::from_json_file(unet_dir / "config.json");
+      const auto vae_config = models::VaeConfig::from_json_file(vae_dir / "config.json");
+      const auto unet_store = io::WeightStore::from_component_dir(unet_dir, "diffusion_pytorch_model", true);
+      const auto vae_store = io::WeightStore::from_component_dir(vae_dir, "diffusion_pytorch_model", true);
+      const auto text_dir = folder.component_dir("text_encoder");
+      const auto text_store = io::WeightStore::from_component_dir(text_dir, "model", true);
+      CudaEngine::Sources sources{unet_config, unet_store, (unet_dir / "config.json").string(),
+                                  vae_config,  vae_store,  (vae_dir / "config.json").string()};
+      sources.text_config = &impl->text_encoder.config();
+      sources.text_weights = &text_store;
+      sources.text_prefix = models::clip_text_key_prefix(text_store);
+      sources.text_label = (text_dir / "config.json").string();
+      impl->cuda = CudaEngine::create(sources);
+      impl->cuda_text_encoder = true;
+      impl->unet_config = unet_config;
+      impl->vae_config = vae_config;
+      impl->load_cpu_vae = [vae_dir] {
+        return models::AutoencoderKL::from_folder(vae_dir, {.encoder = false});
+      };
+    } else {
+      impl->unet.emplace(models::UNet::from_folder(folder.component_dir("unet")));
+      if (options.vae.empty())
+        impl->vae.emplace(
+            models::AutoencoderKL::from_folder(folder.component_dir("vae"), {.encoder = false}));
+      else
+        impl->vae.emplace(load_vae_file(options.vae));
+      impl->unet_config = impl->unet->config();
+      impl->vae_config = impl->vae->config();
+    }
     impl->scheduler_config_path = folder.component_dir("scheduler") / "scheduler_config.json";
     impl->scheduler_config = schedulers::SchedulerConfig::from_json_file(impl->scheduler_config_path);
     if (options.prediction_type)
       impl->scheduler_config->prediction_type = parse_prediction(*options.prediction_type);
-    const auto& unet = impl->unet->config();
+    const auto& unet = *impl->unet_config;
     if (unet.cross_attention_dim != impl->text_encoder.config().hidden_size)
       throw Error(
           ErrorKind::kModel,
           fmt::format("{}: unet cross_attention_dim {} does not match the text encoder's hidden_size {}",
                       path.string(), unet.cross_attention_dim, impl->text_encoder.config().hidden_size));
-    if (unet.in_channels != impl->vae->config().latent_channels)
+    if (unet.in_channels != impl->vae_config->latent_channels)
       throw Error(ErrorKind::kModel,
                   fmt::format("{}: unet in_channels {} does not match the vae's latent_channels {}",
-                              path.string(), unet.in_channels, impl->vae->config().latent_channels));
+                              path.string(), unet.in_channels, impl->vae_config->latent_channels));
   }
   return Model(std::move(impl));
 }
@@ -159,6 +207,8 @@ PromptEncoding Model::encode_prompt_full(std::string_view prompt) const {
 }
 
 Tensor Model::encode_prompt(std::string_view prompt) const {
+  if (impl_->cuda && impl_->cuda_text_encoder)
+    return impl_->cuda->encode_text(impl_->text_encoder.embed(tokenize(prompt)));
   return impl_->text_encoder.forward(tokenize(prompt)).last_hidden_state;
 }
 

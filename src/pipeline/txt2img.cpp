@@ -26,13 +26,13 @@ double seconds_since(Clock::time_point start) {
 }
 
 const Model::Impl& require_generation(const Model::Impl& m) {
-  if (!m.unet || !m.vae || !m.scheduler_config)
+  if (!m.unet_config || !m.vae_config || !m.scheduler_config)
     throw Error(ErrorKind::kInternal, "model was loaded for text encoding only");
   return m;
 }
 
 int64_t vae_factor(const Model::Impl& m) {
-  return m.vae->config().downscale_factor();
+  return m.vae_config->downscale_factor();
 }
 
 void check_finite(const Tensor& t, const std::string& what) {
@@ -41,6 +41,13 @@ void check_finite(const Tensor& t, const std::string& what) {
     if (!std::isfinite(d[i]))
       throw Error(ErrorKind::kModel,
                   fmt::format("{} contain NaN or Inf (value {} at index {})", what, d[i], i));
+}
+
+bool all_finite(const Tensor& t) {
+  const float* d = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(d[i])) return false;
+  return true;
 }
 
 }  // namespace
@@ -90,7 +97,7 @@ GenerateOptions Model::resolve(const GenerateOptions& options) const {
   validate_options(options);
   GenerateOptions o = options;
   const int64_t factor = vae_factor(m);
-  const int64_t default_size = m.unet->config().sample_size * factor;
+  const int64_t default_size = m.unet_config->sample_size * factor;
   if (o.width == 0) o.width = static_cast<int>(default_size);
   if (o.height == 0) o.height = static_cast<int>(default_size);
   check_size("width", o.width, factor);
@@ -100,7 +107,7 @@ GenerateOptions Model::resolve(const GenerateOptions& options) const {
   if (o.karras && (kind == schedulers::SchedulerKind::kPndm || kind == schedulers::SchedulerKind::kDdim))
     invalid("--karras applies to the euler, euler_a and dpmpp_2m schedulers");
   if (o.init_noise) {
-    const Shape want{1, m.unet->config().in_channels, o.height / factor, o.width / factor};
+    const Shape want{1, m.unet_config->in_channels, o.height / factor, o.width / factor};
     if (o.init_noise->shape() != want || o.init_noise->dtype() != DType::kF32)
       invalid(fmt::format("initial noise has shape {} ({}), expected {} float32 for {}x{}",
                           shape_to_string(o.init_noise->shape()), dtype_name(o.init_noise->dtype()),
@@ -132,7 +139,7 @@ Sampling Model::prepare_latents(const GenerateOptions& options) const {
                           {}});
   state->scheduler->set_timesteps(o.steps);
   const int64_t factor = vae_factor(m);
-  const Shape shape{1, m.unet->config().in_channels, o.height / factor, o.width / factor};
+  const Shape shape{1, m.unet_config->in_channels, o.height / factor, o.width / factor};
   state->latents = o.init_noise ? o.init_noise->to(DType::kF32) : state->generator.randn(shape);
   const float sigma = state->scheduler->init_noise_sigma();
   float* d = state->latents.data<float>();
@@ -148,8 +155,17 @@ Tensor Model::denoise(Sampling& sampling, const Tensor& context, double cfg_scal
   const auto& timesteps = s.scheduler->timesteps();
   const int total = static_cast<int>(timesteps.size());
   const float g = static_cast<float>(cfg_scale);
+  if (m.cuda) m.cuda->set_context(context);
   for (size_t i = 0; i < timesteps.size(); ++i) {
     const Tensor scaled = s.scheduler->scale_model_input(s.latents, i);  // [1, C, h, w]
+    if (m.cuda) {  // UNet step (a CUDA graph replay) and guidance on the GPU, scheduler on the host
+      const Tensor noise_pred = m.cuda->predict_noise(scaled, timesteps[i], g);
+      s.latents = s.scheduler->step(noise_pred, i, s.latents, s.generator);
+      check_finite(s.latents, fmt::format("latents after step {}", i + 1));
+      if (on_step && !on_step(static_cast<int>(i) + 1, total))
+        throw Error(ErrorKind::kCancelled, fmt::format("cancelled after step {} of {}", i + 1, total));
+      continue;
+    }
     Tensor input = scaled;
     if (guidance) {  // [uncond; cond] share the same latents
       input = Tensor({2, scaled.dim(1), scaled.dim(2), scaled.dim(3)}, DType::kF32);
@@ -176,13 +192,23 @@ Tensor Model::denoise(Sampling& sampling, const Tensor& context, double cfg_scal
 
 Image Model::decode_latents(const Tensor& latents) const {
   const auto& m = require_generation(*impl_);
-  const auto& vae = m.vae->config();
+  const auto& vae = *m.vae_config;
   Tensor z = latents.to(DType::kF32);
   const float scale = static_cast<float>(vae.scaling_factor);
   const float shift = static_cast<float>(vae.shift_factor.value_or(0.0));
   float* d = z.data<float>();
   for (int64_t i = 0; i < z.numel(); ++i) d[i] = d[i] / scale + shift;
-  const Tensor image = m.vae->decode(z);  // [1, 3, H, W]
+  Tensor image;
+  if (m.cuda) {
+    image = m.cuda->decode(z);  // [1, 3, H, W], fp16 on the GPU
+    if (!all_finite(image)) {
+      // fp16 overflow inside the VAE (it happens with some VAEs): decode again in fp32 on the CPU.
+      const models::AutoencoderKL cpu_vae = m.load_cpu_vae();
+      image = cpu_vae.decode(z);
+    }
+  } else {
+    image = m.vae->decode(z);  // [1, 3, H, W]
+  }
   check_finite(image, "decoded image values");
   return Image{static_cast<int>(image.dim(3)), static_cast<int>(image.dim(2)), models::image_to_rgb8(image)};
 }

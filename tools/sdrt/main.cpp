@@ -98,10 +98,6 @@ struct Txt2ImgArgs {
 };
 
 int run_txt2img(Txt2ImgArgs args) {
-  if (args.device != "cpu")
-    throw sdrt::Error(
-        sdrt::ErrorKind::kUnsupported,
-        fmt::format("--device {}: only the cpu device is available in this build", args.device));
   check_output_path(args.output);
   auto& o = args.options;
   sdrt::validate_options(o);
@@ -111,6 +107,7 @@ int run_txt2img(Txt2ImgArgs args) {
   sdrt::LoadOptions load;
   if (!args.prediction.empty()) load.prediction_type = args.prediction;
   load.vae = args.vae;
+  load.device = args.device == "cuda" ? sdrt::Device::kCuda : sdrt::Device::kHost;
   const auto model = load_model(args.model, /*text_encoder_only=*/false, load);
   o = model.resolve(o);
   sdrt::Tensor context;
@@ -238,7 +235,9 @@ int main(int argc, char** argv) {
   txt2img->add_option("--init-noise", gen.init_noise,
                       "initial latents [1,4,H/8,W/8] float32 .npy instead of the seed");
   txt2img->add_option("--output", gen.output, "output PNG")->capture_default_str();
-  txt2img->add_option("--device", gen.device, "cpu")->capture_default_str();
+  txt2img->add_option("--device", gen.device, "cpu | cuda (UNet and VAE in fp16 on the GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   txt2img->add_option("--prediction", gen.prediction, "epsilon | v_prediction (default: the model's)")
       ->check(CLI::IsMember({"epsilon", "v_prediction"}));
   txt2img->add_option("--vae", gen.vae,

@@ -1,0 +1,130 @@
+// sdrt's side of the GPU benchmark (bench/run_cuda_bench.sh runs it next to PyTorch on the same weights):
+// load time, UNet step (CUDA graph replay, CUDA events, median), VAE decode, prompt encoding, 50-step
+// prompt-to-image, device memory; and, with --unet-inputs, one UNet call on the parity inputs written by
+// bench/unet_parity.py. Prints and writes one JSON object (schema in bench/report.py).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "io/diffusers_folder.h"
+#include "io/npy.h"
+#include "io/safetensors.h"
+#include "pipeline/cuda_engine.h"
+#include "sdrt/error.h"
+#include "sdrt/model.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sdrt CUDA benchmark"};
+  std::string model_dir, unet_inputs, unet_output, json_path,
+      prompt = "a photograph of an astronaut riding a horse";
+  int iterations = 30, steps = 50, size = 512;
+  app.add_option("--model", model_dir, "diffusers folder")->required();
+  app.add_option("--unet-inputs", unet_inputs, "folder with sample.npy, context.npy, inputs.json");
+  app.add_option("--unet-output", unet_output, "where to write the UNet output (.npy)");
+  app.add_option("--json", json_path, "where to write the results");
+  app.add_option("--iterations", iterations, "timed UNet steps (median)");
+  app.add_option("--steps", steps, "denoising steps of the end-to-end run");
+  app.add_option("--size", size, "image size of the end-to-end run");
+  app.add_option("--prompt", prompt);
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    nlohmann::json out;
+    auto start = Clock::now();
+    cudaFree(nullptr);  // CUDA context creation is reported apart from model loading
+    out["cuda_init_s"] = seconds_since(start);
+
+    start = Clock::now();
+    sdrt::LoadOptions load;
+    load.device = sdrt::Device::kCuda;
+    const sdrt::Model model = sdrt::Model::load(model_dir, load);
+    out["load_s"] = seconds_since(start);
+    std::cerr << fmt::format("load_model {:.3f} s\n", out["load_s"].get<double>());
+
+    // Engine-level timings on a second engine over the same files (the Model keeps its engine private).
+    const auto folder = sdrt::io::DiffusersFolder::open(model_dir);
+    const auto unet_dir = folder.component_dir("unet"), vae_dir = folder.component_dir("vae");
+    const auto unet_config = sdrt::models::UNetConfig::from_json_file(unet_dir / "config.json");
+    const auto vae_config = sdrt::models::VaeConfig::from_json_file(vae_dir / "config.json");
+    const auto unet_store =
+        sdrt::io::WeightStore::from_component_dir(unet_dir, "diffusion_pytorch_model", true);
+    const auto vae_store =
+        sdrt::io::WeightStore::from_component_dir(vae_dir, "diffusion_pytorch_model", true);
+    auto engine = sdrt::CudaEngine::create({unet_config, unet_store, "unet", vae_config, vae_store, "vae"});
+    out["device"] = engine->device_name();
+
+    if (!unet_inputs.empty()) {
+      const auto sample = sdrt::io::read_npy(std::filesystem::path(unet_inputs) / "sample.npy");
+      const auto context = sdrt::io::read_npy(std::filesystem::path(unet_inputs) / "context.npy");
+      std::ifstream f(std::filesystem::path(unet_inputs) / "inputs.json");
+      const auto meta = nlohmann::json::parse(f);
+      const auto result = engine->unet_forward(sample, meta.at("timestep").get<double>(), context);
+      if (!unet_output.empty()) sdrt::io::write_npy(unet_output, result);
+      std::cerr << "unet parity output written\n";
+    }
+
+    const int64_t latent = size / 8;
+    sdrt::GenerateOptions o;
+    o.prompt = prompt;
+    o.steps = steps;
+    o.width = o.height = size;
+    o.seed = 42;
+    {
+      const sdrt::Tensor ctx = model.encode_prompts(model.resolve(o));
+      engine->set_context(ctx);
+      out["unet_step_ms"] = engine->time_unet_step_ms(ctx.dim(0), latent, latent, iterations);
+      out["unet_batch"] = ctx.dim(0);
+      out["breakdown_ms"] = engine->profile_unet_step(ctx.dim(0), latent, latent);
+    }
+    out["vae_decode_ms"] = engine->time_vae_decode_ms(latent, latent, 10);
+    {
+      std::vector<double> times;
+      for (int i = 0; i < 5; ++i) {
+        start = Clock::now();
+        (void)model.encode_prompts(model.resolve(o));
+        times.push_back(seconds_since(start) * 1e3);
+      }
+      std::sort(times.begin(), times.end());
+      out["text_encoder_ms"] = times[times.size() / 2];  // both prompts (uncond + cond)
+      out["text_encoder_device"] = "cuda";
+    }
+    engine.reset();
+
+    sdrt::StageTimes t;
+    start = Clock::now();
+    (void)model.txt2img(o, nullptr, &t);
+    out["e2e_first_s"] = seconds_since(start);  // includes planning + graph capture for the shape
+    start = Clock::now();
+    (void)model.txt2img(o, nullptr, &t);
+    out["e2e_50_s"] = seconds_since(start);
+    out["e2e_steps"] = steps;
+    out["stages_s"] = {{"encode_prompt", t.encode_prompt},
+                       {"prepare_latents", t.prepare_latents},
+                       {"unet_infer", t.unet_infer},
+                       {"decode_latents", t.decode_latents}};
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    out["device_memory_in_use_gib"] = static_cast<double>(total - free_bytes) / (1 << 30);
+    std::cout << out.dump(2) << "\n";
+    if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+    return 0;
+  } catch (const sdrt::Error& e) {
+    std::cerr << "bench_cuda: error: " << e.what() << "\n";
+    return 1;
+  }
+}

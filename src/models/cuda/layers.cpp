@@ -1,0 +1,288 @@
+#include "models/cuda/layers.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <utility>
+
+#include "backends/cuda/check.h"
+#include "backends/cuda/conv.cuh"
+#include "backends/cuda/gemm.cuh"
+#include "backends/cuda/norm.cuh"
+
+namespace sdrt::models::gpu {
+
+namespace {
+OpProfiler* g_active_profiler = nullptr;
+}
+
+OpProfiler::OpProfiler(Context& ctx) : ctx_(ctx) {
+  g_active_profiler = this;
+}
+
+OpProfiler::~OpProfiler() {
+  if (g_active_profiler == this) g_active_profiler = nullptr;
+  for (auto& m : marks_) {
+    cudaEventDestroy(m.start);
+    cudaEventDestroy(m.stop);
+  }
+}
+
+OpProfiler* OpProfiler::active() {
+  return g_active_profiler;
+}
+
+std::map<std::string, double> OpProfiler::totals() {
+  ctx_.synchronize();
+  std::map<std::string, double> sums;
+  for (const auto& m : marks_) {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, m.start, m.stop), "cudaEventElapsedTime");
+    sums[m.family] += ms;
+  }
+  return sums;
+}
+
+OpScope::OpScope(Context& ctx, const char* family) : ctx_(ctx) {
+  OpProfiler* p = OpProfiler::active();
+  if (!p) return;
+  mark_.family = family;
+  check(cudaEventCreate(&mark_.start), "cudaEventCreate");
+  check(cudaEventCreate(&mark_.stop), "cudaEventCreate");
+  check(cudaEventRecord(mark_.start, ctx.stream()), "cudaEventRecord");
+  on_ = true;
+}
+
+OpScope::~OpScope() {
+  if (!on_) return;
+  cudaEventRecord(mark_.stop, ctx_.stream());
+  if (OpProfiler* p = OpProfiler::active()) p->push(mark_);
+}
+
+void* ActivationPool::acquire(size_t bytes) {
+  bytes = (bytes + 255) & ~size_t{255};
+  auto it = free_.find(bytes);
+  if (it != free_.end() && !it->second.empty()) {
+    void* p = it->second.back();
+    it->second.pop_back();
+    return p;
+  }
+  owned_.emplace_back(bytes);
+  reserved_ += bytes;
+  return owned_.back().data();
+}
+
+void ActivationPool::release(void* ptr, size_t bytes) {
+  bytes = (bytes + 255) & ~size_t{255};
+  free_[bytes].push_back(ptr);
+}
+
+Act::Act(ActivationPool& pool, int64_t n_, int64_t h_, int64_t w_, int64_t c_)
+    : n(n_), h(h_), w(w_), c(c_), pool_(&pool) {
+  bytes_ = static_cast<size_t>(numel()) * sizeof(__half);
+  data_ = bytes_ ? static_cast<__half*>(pool.acquire(bytes_)) : nullptr;
+}
+
+Act::Act(Act&& o) noexcept
+    : n(o.n),
+      h(o.h),
+      w(o.w),
+      c(o.c),
+      pool_(std::exchange(o.pool_, nullptr)),
+      data_(std::exchange(o.data_, nullptr)),
+      bytes_(std::exchange(o.bytes_, 0)) {}
+
+Act& Act::operator=(Act&& o) noexcept {
+  if (this != &o) {
+    reset();
+    n = o.n;
+    h = o.h;
+    w = o.w;
+    c = o.c;
+    pool_ = std::exchange(o.pool_, nullptr);
+    data_ = std::exchange(o.data_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+
+Act::~Act() {
+  reset();
+}
+
+void Act::reset() {
+  if (pool_ && data_) pool_->release(data_, bytes_);
+  pool_ = nullptr;
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+DeviceBuffer upload_f16(Context& ctx, const Tensor& host) {
+  const Tensor h = host.dtype() == DType::kF16 ? host : host.to(DType::kF16);
+  DeviceBuffer buffer(h.nbytes());
+  cuda::upload(ctx, buffer.data(), h.raw_data(), h.nbytes());
+  return buffer;
+}
+
+DeviceBuffer upload_f32(Context& ctx, const Tensor& host) {
+  const Tensor h = host.dtype() == DType::kF32 ? host : host.to(DType::kF32);
+  DeviceBuffer buffer(h.nbytes());
+  cuda::upload(ctx, buffer.data(), h.raw_data(), h.nbytes());
+  return buffer;
+}
+
+DLinear DLinear::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
+                      bool has_bias) {
+  DLinear l;
+  l.in = in;
+  l.out = out;
+  l.weight = upload_f16(ctx, w.get(prefix + ".weight", {out, in}, DType::kF16));
+  if (has_bias) l.bias = upload_f16(ctx, w.get(prefix + ".bias", {out}, DType::kF16));
+  return l;
+}
+
+DLinear DLinear::load_stacked(Context& ctx, const WeightSource& w, const std::vector<std::string>& prefixes,
+                              int64_t in, int64_t out_each, bool has_bias) {
+  const int64_t parts = static_cast<int64_t>(prefixes.size());
+  Tensor weight({parts * out_each, in}, DType::kF16), bias({parts * out_each}, DType::kF16);
+  for (int64_t i = 0; i < parts; ++i) {
+    const Tensor part = w.get(prefixes[i] + ".weight", {out_each, in}, DType::kF16);
+    std::memcpy(static_cast<std::byte*>(weight.raw_data()) + i * part.nbytes(), part.raw_data(),
+                part.nbytes());
+    if (has_bias) {
+      const Tensor b = w.get(prefixes[i] + ".bias", {out_each}, DType::kF16);
+      std::memcpy(static_cast<std::byte*>(bias.raw_data()) + i * b.nbytes(), b.raw_data(), b.nbytes());
+    }
+  }
+  DLinear l;
+  l.in = in;
+  l.out = parts * out_each;
+  l.weight = upload_f16(ctx, weight);
+  if (has_bias) l.bias = upload_f16(ctx, bias);
+  return l;
+}
+
+DLinear DLinear::load_conv1x1(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in,
+                              int64_t out) {
+  DLinear l;
+  l.in = in;
+  l.out = out;
+  l.weight = upload_f16(ctx, w.get(prefix + ".weight", {out, in, 1, 1}, DType::kF16));
+  l.bias = upload_f16(ctx, w.get(prefix + ".bias", {out}, DType::kF16));
+  return l;
+}
+
+void DLinear::forward(Context& ctx, const __half* x, __half* y, int64_t rows, const __half* residual,
+                      int64_t x_stride) const {
+  OpScope scope(ctx, "gemm");
+  cuda::linear(ctx, {.x = x,
+                     .weight = weight.as<__half>(),
+                     .bias = bias.size() ? bias.as<__half>() : nullptr,
+                     .residual = residual,
+                     .y = y,
+                     .rows = rows,
+                     .in = in,
+                     .out = out,
+                     .x_stride = x_stride});
+}
+
+DConv2d DConv2d::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
+                      int64_t kernel, int64_t stride, int64_t padding) {
+  DConv2d c;
+  c.in = in;
+  c.out = out;
+  c.kernel = kernel;
+  c.stride = stride;
+  const int64_t p = padding < 0 ? kernel / 2 : padding;
+  c.pad_top = c.pad_bottom = c.pad_left = c.pad_right = p;
+  // torch [out, in, k, k] -> [out, k, k, in]
+  const Tensor src = w.get(prefix + ".weight", {out, in, kernel, kernel}, DType::kF16);
+  Tensor krsc({out, kernel, kernel, in}, DType::kF16);
+  const auto* s = static_cast<const uint16_t*>(src.raw_data());
+  auto* d = static_cast<uint16_t*>(krsc.raw_data());
+  const int64_t kk = kernel * kernel;
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t r = 0; r < kk; ++r) d[(o * kk + r) * in + i] = s[(o * in + i) * kk + r];
+  c.weight = upload_f16(ctx, krsc);
+  c.bias = upload_f16(ctx, w.get(prefix + ".bias", {out}, DType::kF16));
+  return c;
+}
+
+Act DConv2d::forward(Context& ctx, ActivationPool& pool, const Act& x, const __half* residual) const {
+  if (x.c != in)
+    throw Error(ErrorKind::kInternal, fmt::format("conv: input has {} channels, expected {}", x.c, in));
+  const int64_t oh = cuda::conv_out_size(x.h, kernel, stride, pad_top, pad_bottom);
+  const int64_t ow = cuda::conv_out_size(x.w, kernel, stride, pad_left, pad_right);
+  Act y(pool, x.n, oh, ow, out);
+  OpScope scope(ctx, "conv");
+  cuda::conv2d(ctx, {.x = x.data(),
+                     .weight = weight.as<__half>(),
+                     .bias = bias.as<__half>(),
+                     .residual = residual,
+                     .y = y.data(),
+                     .batch = x.n,
+                     .h = x.h,
+                     .w = x.w,
+                     .in = in,
+                     .out = out,
+                     .kernel = kernel,
+                     .stride = stride,
+                     .pad_top = pad_top,
+                     .pad_bottom = pad_bottom,
+                     .pad_left = pad_left,
+                     .pad_right = pad_right});
+  return y;
+}
+
+DGroupNorm DGroupNorm::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t groups,
+                            int64_t channels, float eps) {
+  DGroupNorm g;
+  g.groups = groups;
+  g.channels = channels;
+  g.eps = eps;
+  g.gamma = upload_f32(ctx, w.get(prefix + ".weight", {channels}));
+  g.beta = upload_f32(ctx, w.get(prefix + ".bias", {channels}));
+  return g;
+}
+
+Act DGroupNorm::forward(Context& ctx, ActivationPool& pool, const Act& x, bool silu,
+                        const __half* pre_bias) const {
+  Act y(pool, x.n, x.h, x.w, x.c);
+  OpScope scope(ctx, "group_norm");
+  cuda::launch_group_norm(
+      {.x = x.data(),
+       .y = y.data(),
+       .gamma = gamma.as<float>(),
+       .beta = beta.as<float>(),
+       .pre_bias = pre_bias,
+       .batch = x.n,
+       .spatial = x.h * x.w,
+       .channels = x.c,
+       .groups = groups,
+       .eps = eps,
+       .silu = silu,
+       .scratch = ctx.zeroed_scratch(cuda::group_norm_scratch_bytes(x.n, x.h * x.w, x.c, groups))},
+      ctx.stream());
+  return y;
+}
+
+DLayerNorm DLayerNorm::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t dim,
+                            float eps) {
+  DLayerNorm l;
+  l.dim = dim;
+  l.eps = eps;
+  l.gamma = upload_f32(ctx, w.get(prefix + ".weight", {dim}));
+  l.beta = upload_f32(ctx, w.get(prefix + ".bias", {dim}));
+  return l;
+}
+
+Act DLayerNorm::forward(Context& ctx, ActivationPool& pool, const Act& x) const {
+  Act y(pool, x.n, x.h, x.w, x.c);
+  OpScope scope(ctx, "layer_norm");
+  cuda::launch_layer_norm(x.data(), y.data(), gamma.as<float>(), beta.as<float>(), x.rows(), dim, eps,
+                          ctx.stream());
+  return y;
+}
+
+}  // namespace sdrt::models::gpu

@@ -1,0 +1,249 @@
+#include "pipeline/cuda_engine.h"
+
+#include "sdrt/error.h"
+
+#if SDRT_HAVE_CUDA
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "backends/cuda/check.h"
+#include "backends/cuda/elementwise.cuh"
+#include "models/cuda/clip_text.h"
+#include "models/cuda/unet.h"
+#include "models/cuda/vae.h"
+
+namespace sdrt {
+namespace {
+
+using cuda::check;
+using models::gpu::Act;
+using models::gpu::ActivationPool;
+using models::gpu::Context;
+using models::gpu::DeviceBuffer;
+
+class CudaEngineImpl final : public CudaEngine {
+ public:
+  explicit CudaEngineImpl(const Sources& s)
+      : unet_(models::gpu::CudaUNet::load(ctx_, s.unet_config, s.unet_weights, s.unet_label)),
+        vae_(models::gpu::CudaVaeDecoder::load(ctx_, s.vae_config, s.vae_weights, s.vae_label)) {
+    if (s.text_config && s.text_weights)
+      text_.emplace(models::gpu::CudaClipText::load(ctx_, *s.text_config, *s.text_weights, s.text_prefix,
+                                                    s.text_label));
+  }
+
+  Tensor encode_text(const Tensor& embeddings) override {
+    if (!text_) throw Error(ErrorKind::kInternal, "CudaEngine: no text encoder on the GPU");
+    const int64_t B = embeddings.dim(0), S = embeddings.dim(1), D = embeddings.dim(2);
+    stage_f32(embeddings);
+    Act x(pool_, B, S, 1, D);
+    cuda::launch_f32_to_f16(staging_.as<float>(), x.data(), x.numel(), ctx_.stream());
+    const Act y = text_->forward(ctx_, pool_, x);
+    DeviceBuffer& out = result_buffer(static_cast<size_t>(y.numel()) * sizeof(float));
+    cuda::launch_f16_to_f32(y.data(), out.as<float>(), y.numel(), ctx_.stream());
+    Tensor result({B, S, D}, DType::kF32);
+    cuda::download(ctx_, result.raw_data(), out.data(), result.nbytes());
+    return result;
+  }
+
+  std::string device_name() const override { return cuda::device_description(); }
+
+  void set_context(const Tensor& context) override {
+    const Tensor c = context.to(DType::kF32);
+    const int64_t B = c.dim(0), S = c.dim(1), D = c.dim(2);
+    if (D != unet_.config().cross_attention_dim)
+      throw Error(ErrorKind::kInvalidArgument, fmt::format("context width {} does not match the unet's {}", D,
+                                                           unet_.config().cross_attention_dim));
+    context_shape_ = {B, S, D};
+    context_host_ = c;
+    graph_.reset();
+  }
+
+  Tensor predict_noise(const Tensor& latents, double timestep, float cfg_scale) override {
+    const int64_t C = latents.dim(1), h = latents.dim(2), w = latents.dim(3), HW = h * w;
+    const int64_t B = context_shape_.at(0);
+    auto& graph = graph_for(B, h, w);
+    stage_f32(latents);
+    // Both halves of the batch see the same latents.
+    for (int64_t b = 0; b < B; ++b)
+      cuda::launch_nchw_f32_to_nhwc_f16(staging_.as<float>(), graph.sample().data() + b * HW * C, 1, C, HW,
+                                        1.0f, ctx_.stream());
+    set_timestep(graph, timestep);
+    graph.run(ctx_);
+    DeviceBuffer& out = result_buffer(static_cast<size_t>(C * HW) * sizeof(float));
+    if (B == 2)
+      cuda::launch_guidance_combine(graph.output().data(), out.as<float>(), 1, C, HW, cfg_scale,
+                                    ctx_.stream());
+    else
+      cuda::launch_nhwc_f16_to_nchw_f32(graph.output().data(), out.as<float>(), 1, C, HW, ctx_.stream());
+    Tensor result({1, C, h, w}, DType::kF32);
+    cuda::download(ctx_, result.raw_data(), out.data(), result.nbytes());
+    return result;
+  }
+
+  Tensor unet_forward(const Tensor& sample, double timestep, const Tensor& context) override {
+    set_context(context);
+    const int64_t B = sample.dim(0), C = sample.dim(1), h = sample.dim(2), w = sample.dim(3), HW = h * w;
+    if (B != context_shape_[0]) throw Error(ErrorKind::kInvalidArgument, "unet_forward: batch mismatch");
+    auto& graph = graph_for(B, h, w, /*use_graph=*/false);
+    stage_f32(sample);
+    cuda::launch_nchw_f32_to_nhwc_f16(staging_.as<float>(), graph.sample().data(), B, C, HW, 1.0f,
+                                      ctx_.stream());
+    set_timestep(graph, timestep);
+    graph.run(ctx_);
+    const int64_t out_c = unet_.config().out_channels;
+    DeviceBuffer& out = result_buffer(static_cast<size_t>(B * out_c * HW) * sizeof(float));
+    cuda::launch_nhwc_f16_to_nchw_f32(graph.output().data(), out.as<float>(), B, out_c, HW, ctx_.stream());
+    Tensor result({B, out_c, h, w}, DType::kF32);
+    cuda::download(ctx_, result.raw_data(), out.data(), result.nbytes());
+    graph_.reset();
+    return result;
+  }
+
+  Tensor decode(const Tensor& z) override {
+    const int64_t L = z.dim(1), h = z.dim(2), w = z.dim(3);
+    stage_f32(z);
+    Act latent(pool_, 1, h, w, L);
+    cuda::launch_nchw_f32_to_nhwc_f16(staging_.as<float>(), latent.data(), 1, L, h * w, 1.0f, ctx_.stream());
+    const Act image = vae_.decode(ctx_, pool_, latent);  // [1, H, W, 3]
+    DeviceBuffer& out = result_buffer(static_cast<size_t>(image.numel()) * sizeof(float));
+    cuda::launch_nhwc_f16_to_nchw_f32(image.data(), out.as<float>(), 1, image.c, image.h * image.w,
+                                      ctx_.stream());
+    Tensor result({1, image.c, image.h, image.w}, DType::kF32);
+    cuda::download(ctx_, result.raw_data(), out.data(), result.nbytes());
+    return result;
+  }
+
+  double time_unet_step_ms(int64_t batch, int64_t height, int64_t width, int iterations) override {
+    auto& graph = graph_for(batch, height, width);
+    set_timestep(graph, 500.0);
+    for (int i = 0; i < 5; ++i) graph.run(ctx_);  // plan, capture, warm up
+    return median_ms(iterations, [&] { graph.run(ctx_); });
+  }
+
+  std::map<std::string, double> profile_unet_step(int64_t batch, int64_t height, int64_t width) override {
+    auto& graph = graph_for(batch, height, width, /*use_graph=*/false);
+    set_timestep(graph, 500.0);
+    graph.run(ctx_);
+    const double total = median_ms(5, [&] { graph.run(ctx_); });
+    std::map<std::string, double> totals;
+    {
+      models::gpu::OpProfiler profiler(ctx_);
+      graph.run(ctx_);
+      totals = profiler.totals();
+    }
+    totals["total"] = total;
+    graph_.reset();
+    return totals;
+  }
+
+  double time_vae_decode_ms(int64_t height, int64_t width, int iterations) override {
+    const int64_t L = vae_.config().latent_channels;
+    Act latent(pool_, 1, height, width, L);
+    check(cudaMemsetAsync(latent.data(), 0, latent.numel() * sizeof(__half), ctx_.stream()), "memset");
+    for (int i = 0; i < 2; ++i) vae_.decode(ctx_, pool_, latent);
+    return median_ms(iterations, [&] { vae_.decode(ctx_, pool_, latent); });
+  }
+
+  double device_memory_gib() const override {
+    size_t free_bytes = 0, total = 0;
+    check(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
+    return static_cast<double>(total - free_bytes) / (1024.0 * 1024.0 * 1024.0);
+  }
+
+ private:
+  models::gpu::UNetGraph& graph_for(int64_t B, int64_t h, int64_t w, bool use_graph = true) {
+    if (context_shape_.empty()) throw Error(ErrorKind::kInternal, "CudaEngine: set_context first");
+    if (!graph_ || graph_key_ != std::vector<int64_t>{B, h, w, use_graph}) {
+      graph_.reset();
+      graph_.emplace(unet_, B, h, w, context_shape_[1], use_graph);
+      graph_key_ = {B, h, w, use_graph};
+      // The context in fp16, once per graph.
+      stage_f32(context_host_);
+      const int64_t n = context_host_.numel();
+      if (B != context_shape_[0]) throw Error(ErrorKind::kInternal, "CudaEngine: context batch mismatch");
+      cuda::launch_f32_to_f16(staging_.as<float>(), graph_->context().data(), n, ctx_.stream());
+    }
+    return *graph_;
+  }
+
+  void set_timestep(models::gpu::UNetGraph& graph, double timestep) {
+    const float t = static_cast<float>(timestep);
+    // Pageable source: the copy is staged before the call returns, so `t` may go out of scope.
+    check(cudaMemcpyAsync(graph.timestep(), &t, sizeof(float), cudaMemcpyHostToDevice, ctx_.stream()),
+          "timestep");
+  }
+
+  // Copies a host fp32 tensor into the staging buffer (grown as needed).
+  void stage_f32(const Tensor& t) {
+    const Tensor f = t.to(DType::kF32);
+    if (staging_.size() < f.nbytes()) {
+      ctx_.synchronize();
+      staging_ = DeviceBuffer(f.nbytes());
+    }
+    check(cudaMemcpyAsync(staging_.data(), f.raw_data(), f.nbytes(), cudaMemcpyHostToDevice, ctx_.stream()),
+          "upload");
+    ctx_.synchronize();  // `f` is a temporary
+  }
+
+  DeviceBuffer& result_buffer(size_t bytes) {
+    if (result_.size() < bytes) {
+      ctx_.synchronize();
+      result_ = DeviceBuffer(bytes);
+    }
+    return result_;
+  }
+
+  template <typename F>
+  double median_ms(int iterations, F&& body) {
+    cudaEvent_t start, stop;
+    check(cudaEventCreate(&start), "cudaEventCreate");
+    check(cudaEventCreate(&stop), "cudaEventCreate");
+    std::vector<float> times;
+    for (int i = 0; i < iterations; ++i) {
+      check(cudaEventRecord(start, ctx_.stream()), "cudaEventRecord");
+      body();
+      check(cudaEventRecord(stop, ctx_.stream()), "cudaEventRecord");
+      check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+      times.push_back(ms);
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::sort(times.begin(), times.end());
+    return times.empty() ? 0.0 : times[times.size() / 2];
+  }
+
+  Context ctx_;
+  ActivationPool pool_;
+  models::gpu::CudaUNet unet_;
+  models::gpu::CudaVaeDecoder vae_;
+  std::optional<models::gpu::CudaClipText> text_;
+  std::vector<int64_t> context_shape_;
+  Tensor context_host_;
+  std::optional<models::gpu::UNetGraph> graph_;
+  std::vector<int64_t> graph_key_;
+  DeviceBuffer staging_, result_;
+};
+
+}  // namespace
+
+std::unique_ptr<CudaEngine> CudaEngine::create(const Sources& sources) {
+  return std::make_unique<CudaEngineImpl>(sources);
+}
+
+}  // namespace sdrt
+
+#else
+
+namespace sdrt {
+std::unique_ptr<CudaEngine> CudaEngine::create(const Sources&) {
+  throw Error(ErrorKind::kUnsupported, "--device cuda: this sdrt was built without the CUDA backend");
+}
+}  // namespace sdrt
+
+#endif

@@ -1,0 +1,64 @@
+// The CUDA side of a Model: UNet and VAE decoder in fp16 on the GPU, the UNet step replayed as a CUDA graph.
+// This header has no CUDA types, so the pipeline compiles the same with or without the CUDA backend; without
+// it, CudaEngine::create throws kUnsupported.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "models/clip_text.h"
+#include "models/unet.h"
+#include "models/vae.h"
+#include "sdrt/tensor.h"
+
+namespace sdrt::io {
+class WeightStore;
+}
+
+namespace sdrt {
+
+class CudaEngine {
+ public:
+  struct Sources {
+    const models::UNetConfig& unet_config;
+    const io::WeightStore& unet_weights;
+    std::string unet_label;
+    const models::VaeConfig& vae_config;
+    const io::WeightStore& vae_weights;
+    std::string vae_label;
+    // Optional: the text encoder's layers on the GPU too (the host still does the embedding lookup).
+    const models::ClipTextConfig* text_config = nullptr;
+    const io::WeightStore* text_weights = nullptr;
+    std::string text_prefix, text_label;
+  };
+  // Uploads the weights (fp16) to the first GPU.
+  static std::unique_ptr<CudaEngine> create(const Sources& sources);
+  virtual ~CudaEngine() = default;
+
+  // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)".
+  virtual std::string device_name() const = 0;
+  // The text encoder's layers on input embeddings [1, S, D] -> last_hidden_state [1, S, D] fp32; throws
+  // kInternal when the engine was created without a text encoder.
+  virtual Tensor encode_text(const Tensor& embeddings) = 0;
+  // Sets the prompt embeddings for the following steps: context [B, S, D] (B = 2: unconditional first).
+  virtual void set_context(const Tensor& context) = 0;
+  // One UNet evaluation on [uncond; cond] with guidance combined on the GPU: latents [1, C, h, w] (already
+  // scaled for the scheduler) -> noise prediction [1, C, h, w], fp32.
+  virtual Tensor predict_noise(const Tensor& latents, double timestep, float cfg_scale) = 0;
+  // The raw UNet on a batch: sample [B, C, h, w] fp32, context [B, S, D] -> [B, C, h, w] fp32 (parity tests).
+  virtual Tensor unet_forward(const Tensor& sample, double timestep, const Tensor& context) = 0;
+  // Latents already divided by scaling_factor [1, L, h, w] -> image [1, 3, H, W] fp32 in [-1, 1].
+  virtual Tensor decode(const Tensor& z) = 0;
+  // Median milliseconds of one UNet step (graph replay) over `iterations`, after warm-up, on the shape of the
+  // last set_context/predict_noise call; and of one VAE decode of latents [1, L, h, w].
+  virtual double time_unet_step_ms(int64_t batch, int64_t height, int64_t width, int iterations) = 0;
+  virtual double time_vae_decode_ms(int64_t height, int64_t width, int iterations) = 0;
+  // GPU milliseconds per op family ("conv", "gemm", "attention", "group_norm", ...) of one eager UNet step
+  // (events around every op; "total" is the whole eager step) — where the time goes.
+  virtual std::map<std::string, double> profile_unet_step(int64_t batch, int64_t height, int64_t width) = 0;
+  // Bytes of device memory in use by this process (weights + activations + library workspaces).
+  virtual double device_memory_gib() const = 0;
+};
+
+}  // namespace sdrt
