@@ -67,7 +67,7 @@ std::string clip_text_key_prefix(const io::WeightStore& weights) {
                   weights.source().string()));
 }
 
-ClipTextModel ClipTextModel::from_folder(const std::filesystem::path& dir) {
+ClipTextModel ClipTextModel::from_folder(const std::filesystem::path& dir, bool embeddings_only) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec))
     throw Error(ErrorKind::kIo, fmt::format("{}: text encoder folder not found", dir.string()));
@@ -75,11 +75,12 @@ ClipTextModel ClipTextModel::from_folder(const std::filesystem::path& dir) {
   const ClipTextConfig config = ClipTextConfig::from_json_file(config_path);
   const auto weights = io::WeightStore::from_component_dir(dir, "model");
   const std::string prefix = clip_text_key_prefix(weights);
-  return from_weights(config, weights, prefix, config_path.string());
+  return from_weights(config, weights, prefix, config_path.string(), embeddings_only);
 }
 
 ClipTextModel ClipTextModel::from_weights(const ClipTextConfig& config, const io::WeightStore& weights,
-                                          const std::string& prefix, const std::string& config_source) {
+                                          const std::string& prefix, const std::string& config_source,
+                                          bool embeddings_only) {
   ClipTextModel m;
   m.config_ = config;
   const int64_t D = config.hidden_size, I = config.intermediate_size;
@@ -88,6 +89,7 @@ ClipTextModel ClipTextModel::from_weights(const ClipTextConfig& config, const io
   };
   m.token_embedding_ = w("embeddings.token_embedding.weight", {config.vocab_size, D});
   m.position_embedding_ = w("embeddings.position_embedding.weight", {config.max_position_embeddings, D});
+  if (embeddings_only) return m;
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     const std::string p = fmt::format("encoder.layers.{}.", i);
     Layer l;
@@ -148,6 +150,10 @@ Tensor ClipTextModel::embed(std::span<const int32_t> ids) const {
 
 ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hidden_states) const {
   const auto& c = config_;
+  if (static_cast<int64_t>(layers_.size()) != c.num_hidden_layers)
+    throw Error(ErrorKind::kUnsupported,
+                "text encoder: only the embeddings are loaded on the CPU (the layers run "
+                "on the GPU); hidden states need a CPU model");
   const int64_t S = static_cast<int64_t>(ids.size()), D = c.hidden_size, I = c.intermediate_size;
   const int64_t H = c.num_attention_heads, head_dim = D / H;
   if (S == 0 || S > c.max_position_embeddings)

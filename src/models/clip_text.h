@@ -57,10 +57,13 @@ std::string clip_text_key_prefix(const io::WeightStore& weights);
 class ClipTextModel {
  public:
   // Loads text_encoder/ of a diffusers folder: config.json + (sharded / fp16-variant) safetensors.
-  static ClipTextModel from_folder(const std::filesystem::path& dir);
+  // `embeddings_only` loads just the embedding tables (embed() works, forward() throws): enough when another
+  // backend runs the layers.
+  static ClipTextModel from_folder(const std::filesystem::path& dir, bool embeddings_only = false);
   // Builds from weights already opened; `prefix` is prepended to every key ("", "text_model.", ...).
   static ClipTextModel from_weights(const ClipTextConfig& config, const io::WeightStore& weights,
-                                    const std::string& prefix, const std::string& config_source);
+                                    const std::string& prefix, const std::string& config_source,
+                                    bool embeddings_only = false);
 
   const ClipTextConfig& config() const { return config_; }
 

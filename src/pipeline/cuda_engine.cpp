@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 #include <vector>
 
@@ -28,11 +29,19 @@ using models::gpu::DeviceBuffer;
 class CudaEngineImpl final : public CudaEngine {
  public:
   explicit CudaEngineImpl(const Sources& s)
-      : unet_(models::gpu::CudaUNet::load(ctx_, s.unet_config, s.unet_weights, s.unet_label)),
-        vae_(models::gpu::CudaVaeDecoder::load(ctx_, s.vae_config, s.vae_weights, s.vae_label)) {
+      : context_s_(lap()),
+        unet_(models::gpu::CudaUNet::load(ctx_, s.unet_config, s.unet_weights, s.unet_label)),
+        unet_s_(lap()),
+        vae_(models::gpu::CudaVaeDecoder::load(ctx_, s.vae_config, s.vae_weights, s.vae_label)),
+        vae_s_(lap()) {
     if (s.text_config && s.text_weights)
       text_.emplace(models::gpu::CudaClipText::load(ctx_, *s.text_config, *s.text_weights, s.text_prefix,
                                                     s.text_label));
+    text_s_ = lap();
+  }
+
+  std::map<std::string, double> load_breakdown() const override {
+    return {{"context", context_s_}, {"unet", unet_s_}, {"vae", vae_s_}, {"text_encoder", text_s_}};
   }
 
   Tensor encode_text(const Tensor& embeddings) override {
@@ -57,9 +66,16 @@ class CudaEngineImpl final : public CudaEngine {
     if (D != unet_.config().cross_attention_dim)
       throw Error(ErrorKind::kInvalidArgument, fmt::format("context width {} does not match the unet's {}", D,
                                                            unet_.config().cross_attention_dim));
+    const bool same_shape = context_shape_ == std::vector<int64_t>{B, S, D};
     context_shape_ = {B, S, D};
     context_host_ = c;
-    graph_.reset();
+    if (!same_shape) {
+      graph_.reset();
+    } else if (graph_) {  // same shapes: keep the captured step, refresh its context
+      stage_f32(context_host_);
+      cuda::launch_f32_to_f16(staging_.as<float>(), graph_->context().data(), c.numel(), ctx_.stream());
+      graph_->context_changed();
+    }
   }
 
   Tensor predict_noise(const Tensor& latents, double timestep, float cfg_scale) override {
@@ -166,6 +182,7 @@ class CudaEngineImpl final : public CudaEngine {
       const int64_t n = context_host_.numel();
       if (B != context_shape_[0]) throw Error(ErrorKind::kInternal, "CudaEngine: context batch mismatch");
       cuda::launch_f32_to_f16(staging_.as<float>(), graph_->context().data(), n, ctx_.stream());
+      graph_->context_changed();
     }
     return *graph_;
   }
@@ -218,10 +235,21 @@ class CudaEngineImpl final : public CudaEngine {
     return times.empty() ? 0.0 : times[times.size() / 2];
   }
 
+  // Seconds since the previous lap (load-time breakdown; members initialise in declaration order).
+  double lap() {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - lap_).count();
+    lap_ = now;
+    return s;
+  }
+  std::chrono::steady_clock::time_point lap_ = std::chrono::steady_clock::now();
   Context ctx_;
+  double context_s_ = 0;
   ActivationPool pool_;
   models::gpu::CudaUNet unet_;
+  double unet_s_ = 0;
   models::gpu::CudaVaeDecoder vae_;
+  double vae_s_ = 0, text_s_ = 0;
   std::optional<models::gpu::CudaClipText> text_;
   std::vector<int64_t> context_shape_;
   Tensor context_host_;

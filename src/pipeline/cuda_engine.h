@@ -57,6 +57,9 @@ class CudaEngine {
   // GPU milliseconds per op family ("conv", "gemm", "attention", "group_norm", ...) of one eager UNet step
   // (events around every op; "total" is the whole eager step) — where the time goes.
   virtual std::map<std::string, double> profile_unet_step(int64_t batch, int64_t height, int64_t width) = 0;
+  // Seconds each part of create() took: "context" (CUDA, cuBLASLt, cuDNN handles), "unet", "vae",
+  // "text_encoder" (reading, converting and uploading weights).
+  virtual std::map<std::string, double> load_breakdown() const = 0;
   // Bytes of device memory in use by this process (weights + activations + library workspaces).
   virtual double device_memory_gib() const = 0;
 };

@@ -117,7 +117,9 @@ Model Model::load(const std::filesystem::path& path, const LoadOptions& options)
   }
   const auto folder = io::DiffusersFolder::open(path);
   auto tokenizer = text::ClipTokenizer::from_folder(folder.component_dir("tokenizer"));
-  auto text_encoder = models::ClipTextModel::from_folder(folder.component_dir("text_encoder"));
+  // With the CUDA engine the GPU runs the text encoder's layers; the host keeps only the embedding tables.
+  auto text_encoder = models::ClipTextModel::from_folder(
+      folder.component_dir("text_encoder"), options.device == Device::kCuda && !options.text_encoder_only);
   if (tokenizer.max_length() > text_encoder.config().max_position_embeddings)
     throw Error(
         ErrorKind::kModel,

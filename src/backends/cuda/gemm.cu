@@ -10,9 +10,13 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/context.h"
@@ -34,7 +38,20 @@ struct GemmPlan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
   size_t workspace = 0;
+  std::vector<cublasLtMatmulHeuristicResult_t> candidates;  // cuBLASLt's ranking, best guess first
+  bool tuned = false;
 };
+
+constexpr int kCandidates = 8;
+
+// SDRT_GEMM_AUTOTUNE=0 keeps cuBLASLt's first guess instead of timing its top candidates on first use.
+bool autotune_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SDRT_GEMM_AUTOTUNE");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
 
 std::mutex g_plans_mutex;
 std::map<GemmKey, GemmPlan> g_plans;  // plans live for the process (a few hundred bytes each)
@@ -69,18 +86,60 @@ GemmPlan make_plan(const GemmKey& key) {
   check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws,
                                              sizeof(max_ws)),
         "cublasLt preference");
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
   int found = 0;
   cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(key.handle, plan.op, plan.a, plan.b, plan.c, plan.c,
-                                                         pref, 1, &result, &found);
+                                                         pref, kCandidates, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (status != CUBLAS_STATUS_SUCCESS || found == 0)
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("cuBLASLt has no algorithm for a [{}, {}] x [{}, {}]ᵀ fp16 product", key.rows,
                             key.in, key.out, key.in));
-  plan.algo = result.algo;
-  plan.workspace = result.workspaceSize;
+  plan.candidates.assign(results, results + found);
+  plan.algo = results[0].algo;
+  plan.workspace = results[0].workspaceSize;
   return plan;
+}
+
+// Times every candidate on the real inputs (writing a scratch output, so a residual that aliases y is not
+// accumulated twice) and keeps the fastest. Only outside graph capture; costs a few milliseconds per shape.
+void tune(Context& ctx, GemmPlan& plan, const LinearArgs& args) {
+  plan.tuned = true;
+  if (!autotune_enabled() || plan.candidates.size() < 2) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(ctx.stream(), &capture), "cudaStreamIsCapturing");
+  if (capture != cudaStreamCaptureStatusNone) return;
+  size_t max_ws = 0;
+  for (const auto& c : plan.candidates) max_ws = std::max(max_ws, c.workspaceSize);
+  void* workspace = max_ws ? ctx.workspace(max_ws) : nullptr;
+  DeviceBuffer scratch(static_cast<size_t>(args.rows * args.out) * sizeof(__half));
+  const void* c = args.residual ? static_cast<const void*>(args.residual) : scratch.data();
+  const float alpha = 1.0f, beta = args.residual ? 1.0f : 0.0f;
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  float best = 1e30f;
+  for (const auto& cand : plan.candidates) {
+    const auto run = [&] {
+      return cublasLtMatmul(ctx.cublas(), plan.op, &alpha, args.weight, plan.a, args.x, plan.b, &beta, c,
+                            plan.c, scratch.data(), plan.c, &cand.algo, workspace, cand.workspaceSize,
+                            ctx.stream());
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that refuses these pointers is skipped
+    check(cudaEventRecord(start, ctx.stream()), "cudaEventRecord");
+    for (int i = 0; i < 5; ++i) run();
+    check(cudaEventRecord(stop, ctx.stream()), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    if (ms < best) {
+      best = ms;
+      plan.algo = cand.algo;
+      plan.workspace = cand.workspaceSize;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
 }
 
 }  // namespace
@@ -94,7 +153,7 @@ void linear(Context& ctx, const LinearArgs& args) {
               args.x_stride ? args.x_stride : args.in,
               args.bias != nullptr,
               args.residual != nullptr};
-  const GemmPlan* plan = nullptr;
+  GemmPlan* plan = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_plans_mutex);
     auto it = g_plans.find(key);
@@ -106,6 +165,7 @@ void linear(Context& ctx, const LinearArgs& args) {
                                          sizeof(args.bias)),
           "cublasLt BIAS_POINTER");
   }
+  if (!plan->tuned) tune(ctx, *plan, args);
   void* workspace = plan->workspace ? ctx.workspace(plan->workspace) : nullptr;
   const float alpha = 1.0f, beta = args.residual ? 1.0f : 0.0f;
   const void* c = args.residual ? static_cast<const void*>(args.residual) : static_cast<const void*>(args.y);

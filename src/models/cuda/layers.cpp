@@ -201,6 +201,7 @@ DConv2d DConv2d::load(Context& ctx, const WeightSource& w, const std::string& pr
   const auto* s = static_cast<const uint16_t*>(src.raw_data());
   auto* d = static_cast<uint16_t*>(krsc.raw_data());
   const int64_t kk = kernel * kernel;
+#pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < out; ++o)
     for (int64_t i = 0; i < in; ++i)
       for (int64_t r = 0; r < kk; ++r) d[(o * kk + r) * in + i] = s[(o * in + i) * kk + r];

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/check.h"
 #include "backends/cuda/elementwise.cuh"
@@ -9,6 +11,24 @@
 
 namespace sdrt::models::gpu {
 namespace {
+
+// Every cross-attention's k/v projection reads the same context, which does not change during a generation:
+// their weights are stacked into one [Σ 2·dim, context_dim] matrix so that one product per prompt projects
+// them all (CudaUNet::project_context), outside the per-step graph.
+struct ContextProjections {
+  std::vector<Tensor> parts;  // host fp16 [2·dim, context_dim] each, in load order
+  int64_t width = 0, context_dim = 0;
+  int64_t add(const WeightSource& w, const std::vector<std::string>& prefixes, int64_t context_dim_,
+              int64_t dim) {
+    context_dim = context_dim_;
+    const int64_t offset = width;
+    for (const auto& p : prefixes) {
+      parts.push_back(w.get(p + ".weight", {dim, context_dim}, DType::kF16));
+      width += dim;
+    }
+    return offset;
+  }
+};
 
 // ResnetBlock2D: x + conv2(silu(norm2(conv1(silu(norm1(x))) + time_emb_proj(silu(emb)))))
 struct ResnetBlock {
@@ -50,20 +70,20 @@ struct ResnetBlock {
 // cross-attention projects q from x and k/v (stacked) from the context.
 struct Attention {
   DLinear qkv;  // self: [3·dim, dim]; cross: q only [dim, dim]
-  DLinear kv;   // cross: [2·dim, context_dim]
   DLinear to_out;
   int64_t heads = 8, dim = 320;
   bool cross = false;
+  int64_t kv_offset = 0;  // cross: where this block's [k | v] columns start in the projected context
 
   static Attention load(Context& ctx, const WeightSource& w, const std::string& p, int64_t dim,
-                        int64_t context_dim, int64_t heads, bool cross) {
+                        int64_t context_dim, int64_t heads, bool cross, ContextProjections& kv) {
     Attention a;
     a.heads = heads;
     a.dim = dim;
     a.cross = cross;
     if (cross) {
       a.qkv = DLinear::load(ctx, w, p + ".to_q", dim, dim, false);
-      a.kv = DLinear::load_stacked(ctx, w, {p + ".to_k", p + ".to_v"}, context_dim, dim, false);
+      a.kv_offset = kv.add(w, {p + ".to_k", p + ".to_v"}, context_dim, dim);
     } else {
       a.qkv = DLinear::load_stacked(ctx, w, {p + ".to_q", p + ".to_k", p + ".to_v"}, dim, dim, false);
     }
@@ -71,8 +91,10 @@ struct Attention {
     return a;
   }
 
-  // x [B, N, dim] normalised; h [B, N, dim] the residual stream, updated: h += to_out(attention(x, context))
-  void forward_add(Context& ctx, ActivationPool& pool, const Act& x, const Act& context, Act& h) const {
+  // x [B, N, dim] normalised; h [B, N, dim] the residual stream, updated: h += to_out(attention(x, context));
+  // context_kv [B, S, W]: every cross-attention's k and v projections of the context (see
+  // ContextProjections).
+  void forward_add(Context& ctx, ActivationPool& pool, const Act& x, const Act& context_kv, Act& h) const {
     const int64_t B = x.n, N = x.h;
     const int64_t head_dim = dim / heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -96,11 +118,10 @@ struct Attention {
                         q3.data(), q3.data() + dim, q3.data() + 2 * dim, attn.data());
       }
     } else {
-      const int64_t S = context.h;
+      const int64_t S = context_kv.h, W = context_kv.c;
       Act q(pool, B, N, 1, dim);
       qkv.forward(ctx, x.data(), q.data(), B * N);
-      Act k2(pool, B, S, 1, 2 * dim);  // [B, S, k | v]
-      kv.forward(ctx, context.data(), k2.data(), B * S);
+      const __half* k = context_kv.data() + kv_offset;
       {
         OpScope scope(ctx, "attention");
         cuda::attention(ctx,
@@ -110,11 +131,11 @@ struct Attention {
                          .seq_kv = S,
                          .head_dim = head_dim,
                          .q_stride = dim,
-                         .k_stride = 2 * dim,
-                         .v_stride = 2 * dim,
+                         .k_stride = W,
+                         .v_stride = W,
                          .out_stride = dim,
                          .scale = scale},
-                        q.data(), k2.data(), k2.data() + dim, attn.data());
+                        q.data(), k, k + dim, attn.data());
       }
     }
     to_out.forward(ctx, attn.data(), h.data(), B * N, /*residual=*/h.data());
@@ -128,13 +149,13 @@ struct TransformerBlock {
   DLinear ff_proj, ff_out;
 
   static TransformerBlock load(Context& ctx, const WeightSource& w, const std::string& p, int64_t dim,
-                               int64_t context_dim, int64_t heads) {
+                               int64_t context_dim, int64_t heads, ContextProjections& kv) {
     TransformerBlock t;
     const int64_t inner = dim * 4;
     t.norm1 = DLayerNorm::load(ctx, w, p + ".norm1", dim, 1e-5f);
-    t.attn1 = Attention::load(ctx, w, p + ".attn1", dim, dim, heads, false);
+    t.attn1 = Attention::load(ctx, w, p + ".attn1", dim, dim, heads, false, kv);
     t.norm2 = DLayerNorm::load(ctx, w, p + ".norm2", dim, 1e-5f);
-    t.attn2 = Attention::load(ctx, w, p + ".attn2", dim, context_dim, heads, true);
+    t.attn2 = Attention::load(ctx, w, p + ".attn2", dim, context_dim, heads, true, kv);
     t.norm3 = DLayerNorm::load(ctx, w, p + ".norm3", dim, 1e-5f);
     t.ff_proj = DLinear::load(ctx, w, p + ".ff.net.0.proj", dim, inner * 2, true);
     t.ff_out = DLinear::load(ctx, w, p + ".ff.net.2", inner, dim, true);
@@ -142,10 +163,10 @@ struct TransformerBlock {
   }
 
   // h [B, N, dim] updated in place.
-  void forward(Context& ctx, ActivationPool& pool, Act& h, const Act& context) const {
+  void forward(Context& ctx, ActivationPool& pool, Act& h, const Act& context_kv) const {
     const int64_t rows = h.rows();
     attn1.forward_add(ctx, pool, norm1.forward(ctx, pool, h), h, h);
-    attn2.forward_add(ctx, pool, norm2.forward(ctx, pool, h), context, h);
+    attn2.forward_add(ctx, pool, norm2.forward(ctx, pool, h), context_kv, h);
     const Act n3 = norm3.forward(ctx, pool, h);
     const int64_t inner = ff_out.in;
     Act proj(pool, h.n, h.h, 1, 2 * inner);  // [B·N, value | gate]
@@ -168,7 +189,7 @@ struct Transformer2D {
 
   static Transformer2D load(Context& ctx, const WeightSource& w, const std::string& p, int64_t channels,
                             int64_t heads, int64_t layers, int64_t context_dim, int64_t groups,
-                            bool linear_projection) {
+                            bool linear_projection, ContextProjections& kv) {
     Transformer2D t;
     t.norm = DGroupNorm::load(ctx, w, p + ".norm", groups, channels, 1e-6f);
     const auto projection = [&](const std::string& name) {
@@ -178,17 +199,17 @@ struct Transformer2D {
     t.proj_in = projection(p + ".proj_in");
     for (int64_t i = 0; i < layers; ++i)
       t.blocks.push_back(TransformerBlock::load(ctx, w, fmt::format("{}.transformer_blocks.{}", p, i),
-                                                channels, context_dim, heads));
+                                                channels, context_dim, heads, kv));
     t.proj_out = projection(p + ".proj_out");
     return t;
   }
 
   // x [B, H, W, C] -> [B, H, W, C]
-  Act forward(Context& ctx, ActivationPool& pool, const Act& x, const Act& context) const {
+  Act forward(Context& ctx, ActivationPool& pool, const Act& x, const Act& context_kv) const {
     const Act n = norm.forward(ctx, pool, x, /*silu=*/false);
     Act h(pool, x.n, x.h * x.w, 1, x.c);  // tokens [B, H·W, C]
     proj_in.forward(ctx, n.data(), h.data(), x.rows());
-    for (const auto& block : blocks) block.forward(ctx, pool, h, context);
+    for (const auto& block : blocks) block.forward(ctx, pool, h, context_kv);
     Act out(pool, x.n, x.h, x.w, x.c);
     proj_out.forward(ctx, h.data(), out.data(), x.rows(), /*residual=*/x.data());
     return out;
@@ -211,6 +232,7 @@ struct CudaUNet::Blocks {
   ResnetBlock mid_resnet0;
   std::vector<Transformer2D> mid_attentions;
   std::vector<ResnetBlock> mid_resnets;
+  DLinear context_kv;  // every cross-attention's [k | v] projection, stacked
 };
 
 CudaUNet::CudaUNet() : blocks_(std::make_unique<Blocks>()) {}
@@ -225,6 +247,7 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
   const auto& c = unet.config_;
   const WeightSource w{store, config_source};
   auto& m = *unet.blocks_;
+  ContextProjections kv;
 
   const int64_t c0 = c.block_out_channels.front(), temb = c0 * 4, groups = c.norm_num_groups;
   const size_t n = c.block_out_channels.size();
@@ -245,7 +268,7 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
       if (attention)
         s.attentions.push_back(Transformer2D::load(
             ctx, w, fmt::format("{}.attentions.{}", p, j), out_ch, c.num_attention_heads[i],
-            c.transformer_layers_per_block[i], c.cross_attention_dim, groups, c.use_linear_projection));
+            c.transformer_layers_per_block[i], c.cross_attention_dim, groups, c.use_linear_projection, kv));
     }
     s.has_sampler = i + 1 < n;
     if (s.has_sampler)
@@ -263,7 +286,7 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
                                     c.mid_block_scale_factor);
   m.mid_attentions.push_back(Transformer2D::load(
       ctx, w, "mid_block.attentions.0", mid_ch, c.num_attention_heads.back(),
-      c.transformer_layers_per_block.back(), c.cross_attention_dim, groups, c.use_linear_projection));
+      c.transformer_layers_per_block.back(), c.cross_attention_dim, groups, c.use_linear_projection, kv));
   m.mid_resnets.push_back(ResnetBlock::load(ctx, w, "mid_block.resnets.1", mid_ch, mid_ch, temb, groups,
                                             c.norm_eps, c.mid_block_scale_factor));
 
@@ -284,10 +307,10 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
       s.resnets.push_back(ResnetBlock::load(ctx, w, fmt::format("{}.resnets.{}", p, j), resnet_in, out_ch,
                                             temb, groups, c.norm_eps, 1.0));
       if (attention)
-        s.attentions.push_back(Transformer2D::load(ctx, w, fmt::format("{}.attentions.{}", p, j), out_ch,
-                                                   c.num_attention_heads[down_index],
-                                                   c.transformer_layers_per_block[down_index],
-                                                   c.cross_attention_dim, groups, c.use_linear_projection));
+        s.attentions.push_back(
+            Transformer2D::load(ctx, w, fmt::format("{}.attentions.{}", p, j), out_ch,
+                                c.num_attention_heads[down_index], c.transformer_layers_per_block[down_index],
+                                c.cross_attention_dim, groups, c.use_linear_projection, kv));
     }
     s.has_sampler = i + 1 < n;
     if (s.has_sampler)
@@ -297,11 +320,32 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
 
   m.conv_norm_out = DGroupNorm::load(ctx, w, "conv_norm_out", groups, c0, c.norm_eps);
   m.conv_out = DConv2d::load(ctx, w, "conv_out", c0, c.out_channels, 3);
+  // Stack the cross-attention k/v weights into one matrix.
+  Tensor stacked({kv.width, kv.context_dim}, DType::kF16);
+  size_t at = 0;
+  for (const auto& part : kv.parts) {
+    std::memcpy(static_cast<std::byte*>(stacked.raw_data()) + at, part.raw_data(), part.nbytes());
+    at += part.nbytes();
+  }
+  m.context_kv.in = kv.context_dim;
+  m.context_kv.out = kv.width;
+  if (kv.width > 0) m.context_kv.weight = upload_f16(ctx, stacked);
   return unet;
 }
 
+int64_t CudaUNet::context_kv_width() const {
+  return blocks_->context_kv.out;
+}
+
+void CudaUNet::project_context(Context& ctx, const Act& context, Act& context_kv) const {
+  if (context_kv.c != context_kv_width() || context_kv.rows() != context.rows())
+    throw Error(ErrorKind::kInternal, "unet: projected context has the wrong shape");
+  if (context_kv_width() > 0)
+    blocks_->context_kv.forward(ctx, context.data(), context_kv.data(), context.rows());
+}
+
 Act CudaUNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, const float* timestep,
-                      const Act& context) const {
+                      const Act& context_kv) const {
   const auto& c = config_;
   const auto& m = *blocks_;
   const int64_t B = sample.n;
@@ -326,7 +370,7 @@ Act CudaUNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, con
   for (const auto& stage : m.down) {
     for (size_t j = 0; j < stage.resnets.size(); ++j) {
       Act y = stage.resnets[j].forward(ctx, pool, skips.back(), emb_silu);
-      if (!stage.attentions.empty()) y = stage.attentions[j].forward(ctx, pool, y, context);
+      if (!stage.attentions.empty()) y = stage.attentions[j].forward(ctx, pool, y, context_kv);
       skips.push_back(std::move(y));
     }
     if (stage.has_sampler) skips.push_back(stage.sampler.forward(ctx, pool, skips.back()));
@@ -334,7 +378,7 @@ Act CudaUNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, con
 
   Act x = m.mid_resnet0.forward(ctx, pool, skips.back(), emb_silu);
   for (size_t j = 0; j < m.mid_attentions.size(); ++j) {
-    x = m.mid_attentions[j].forward(ctx, pool, x, context);
+    x = m.mid_attentions[j].forward(ctx, pool, x, context_kv);
     x = m.mid_resnets[j].forward(ctx, pool, x, emb_silu);
   }
 
@@ -348,7 +392,7 @@ Act CudaUNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, con
       }
       skips.pop_back();
       x = stage.resnets[j].forward(ctx, pool, cat, emb_silu);
-      if (!stage.attentions.empty()) x = stage.attentions[j].forward(ctx, pool, x, context);
+      if (!stage.attentions.empty()) x = stage.attentions[j].forward(ctx, pool, x, context_kv);
     }
     if (stage.has_sampler) {
       const int64_t H = skips.back().h, W = skips.back().w;
@@ -371,6 +415,7 @@ UNetGraph::UNetGraph(const CudaUNet& unet, int64_t batch, int64_t height, int64_
   const auto& c = unet.config();
   sample_ = Act(io_pool_, batch, height, width, c.in_channels);
   context_ = Act(io_pool_, batch, context_tokens, 1, c.cross_attention_dim);
+  context_kv_ = Act(io_pool_, batch, context_tokens, 1, unet.context_kv_width());
   output_ = Act(io_pool_, batch, height, width, c.out_channels);
   timestep_ = DeviceBuffer(sizeof(float));
 }
@@ -381,8 +426,12 @@ UNetGraph::~UNetGraph() {
 
 void UNetGraph::run(Context& ctx) {
   cudaStream_t stream = ctx.stream();
+  if (context_changed_) {  // once per prompt, before (and outside) the step graph
+    unet_.project_context(ctx, context_, context_kv_);
+    context_changed_ = false;
+  }
   const auto eager = [&] {
-    Act out = unet_.forward(ctx, pool_, sample_, timestep(), context_);
+    Act out = unet_.forward(ctx, pool_, sample_, timestep(), context_kv_);
     check(cudaMemcpyAsync(output_.data(), out.data(), out.numel() * sizeof(__half), cudaMemcpyDeviceToDevice,
                           stream),
           "unet output copy");

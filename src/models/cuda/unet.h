@@ -26,10 +26,15 @@ class CudaUNet {
 
   const UNetConfig& config() const { return config_; }
 
-  // sample [B, h, w, in] NHWC fp16, *timestep (device fp32, one for the batch), context [B, S, cross_dim]
-  // -> [B, h, w, out]. Everything runs on ctx.stream() with no host synchronisation.
+  // The context as the cross-attentions read it: context [B, S, cross_dim] -> context_kv [B, S,
+  // context_kv_width()], every cross-attention's k and v projection side by side (one product per prompt).
+  int64_t context_kv_width() const;
+  void project_context(Context& ctx, const Act& context, Act& context_kv) const;
+
+  // sample [B, h, w, in] NHWC fp16, *timestep (device fp32, one for the batch), context_kv from
+  // project_context -> [B, h, w, out]. Everything runs on ctx.stream() with no host synchronisation.
   Act forward(Context& ctx, ActivationPool& pool, const Act& sample, const float* timestep,
-              const Act& context) const;
+              const Act& context_kv) const;
 
   struct Blocks;
 
@@ -51,7 +56,9 @@ class UNetGraph {
   ~UNetGraph();
 
   Act& sample() { return sample_; }
+  // Write the prompt embeddings here, then call context_changed().
   Act& context() { return context_; }
+  void context_changed() { context_changed_ = true; }
   float* timestep() { return timestep_.as<float>(); }
   const Act& output() const { return output_; }
   void run(Context& ctx);
@@ -59,7 +66,8 @@ class UNetGraph {
  private:
   const CudaUNet& unet_;
   ActivationPool io_pool_, pool_;
-  Act sample_, context_, output_;
+  Act sample_, context_, context_kv_, output_;
+  bool context_changed_ = true;
   DeviceBuffer timestep_;
   bool use_graph_;
   int runs_ = 0;
