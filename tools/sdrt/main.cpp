@@ -2,16 +2,18 @@
 //
 //   sdrt tokenize --model DIR --prompt TEXT          77 token ids as a JSON array
 //   sdrt encode   --model DIR --prompt TEXT --output emb.npy
-//   sdrt info     --model DIR                        components and their key config values
-//   sdrt txt2img  --model DIR --prompt TEXT [...] --output out.png
+//   sdrt info     [--model DIR]                      components and their key config values
+//   sdrt txt2img  [--model DIR] --prompt TEXT [...] --output out.png
 //   sdrt convert  --model FILE --output DIR          single-file checkpoint -> diffusers folder
 // --model takes a diffusers folder or a single-file SD 1.x / 2.x checkpoint (.safetensors / .ckpt).
+// Without it, txt2img and info use $SDRT_MODEL, else the built-in demo model (the source tree's models/demo).
 //
 // Every failure prints one line "sdrt: error: ..." on stderr and exits non-zero.
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <iostream>
@@ -56,6 +58,16 @@ void check_output_path(const std::filesystem::path& output) {
   if (!std::filesystem::is_directory(parent, ec))
     throw sdrt::Error(sdrt::ErrorKind::kIo,
                       fmt::format("{}: output folder {} does not exist", output.string(), parent.string()));
+}
+
+// The model of txt2img / info when --model is not given: $SDRT_MODEL, else the built-in demo model.
+std::string default_model() {
+  if (const char* env = std::getenv("SDRT_MODEL"); env != nullptr && *env != '\0') return env;
+#ifdef SDRT_DEMO_MODEL_DIR
+  return SDRT_DEMO_MODEL_DIR;
+#else
+  throw sdrt::Error(sdrt::ErrorKind::kInvalidArgument, "no --model given (and no built-in demo model)");
+#endif
 }
 
 sdrt::Model load_model(const std::string& path, bool text_encoder_only, sdrt::LoadOptions options = {}) {
@@ -212,12 +224,14 @@ int main(int argc, char** argv) {
   encode->add_option("--output", output, "output .npy file")->required();
 
   auto* info = app.add_subcommand("info", "List a model's components and their key configuration");
-  info->add_option("--model", model, "diffusers model folder or single-file checkpoint")->required();
+  const std::string model_help =
+      "diffusers model folder or single-file checkpoint (default: $SDRT_MODEL, else the built-in demo model)";
+  info->add_option("--model", model, model_help);
   info->add_flag("--json", as_json, "print JSON instead of text");
 
   Txt2ImgArgs gen;
   auto* txt2img = app.add_subcommand("txt2img", "Generate an image from a prompt and write it as PNG");
-  txt2img->add_option("--model", gen.model, "diffusers model folder or single-file checkpoint")->required();
+  txt2img->add_option("--model", gen.model, model_help);
   txt2img->add_option("--prompt", gen.options.prompt, "prompt text")->required();
   txt2img->add_option("--negative-prompt", gen.options.negative_prompt, "negative prompt");
   txt2img->add_option("--steps", gen.options.steps, "denoising steps")->capture_default_str();
@@ -281,6 +295,8 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (*txt2img && gen.model.empty()) gen.model = default_model();
+    if (*info && model.empty()) model = default_model();
     if (*txt2img) return run_txt2img(gen);
     if (*tokenize) return run_tokenize(model, prompt);
     if (*encode) return run_encode(model, prompt, output);
