@@ -126,18 +126,7 @@ TEST_P(CudaModelGolden, Txt2ImgMatchesDiffusers) {
   const auto cases = io::read_json_file(ref / "pipeline_cases.json")["cases"];
   for (const auto& c : cases) {
     SCOPED_TRACE(c.dump());
-    GenerateOptions o;
-    o.prompt = c["prompt"];
-    o.negative_prompt = c["negative_prompt"];
-    o.cfg_scale = c["guidance"];
-    o.steps = c["steps"];
-    o.height = c["height"];
-    o.width = c["width"];
-    o.seed = c["seed"];
-    const std::string scheduler = c["scheduler"];
-    o.scheduler = scheduler == "default" ? "" : scheduler;
-    o.karras = c["karras"];
-    if (c.contains("init_noise")) o.init_noise = io::read_npy(ref / c["init_noise"].get<std::string>());
+    const GenerateOptions o = testing::pipeline_case_options(c, ref);
     const Image image = model.txt2img(model.resolve(o));
     const auto want = io::read_png_rgb8(ref / c["image"].get<std::string>());
     ASSERT_EQ(image.rgb.size(), want.rgb8.size());

@@ -35,22 +35,6 @@ ImageDiff compare(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) 
   return d;
 }
 
-GenerateOptions options_of(const nlohmann::json& c, const std::filesystem::path& ref) {
-  GenerateOptions o;
-  o.prompt = c["prompt"];
-  o.negative_prompt = c["negative_prompt"];
-  o.cfg_scale = c["guidance"];
-  o.steps = c["steps"];
-  o.height = c["height"];
-  o.width = c["width"];
-  o.seed = c["seed"];
-  const std::string scheduler = c["scheduler"];
-  o.scheduler = scheduler == "default" ? "" : scheduler;
-  o.karras = c["karras"];
-  if (c.contains("init_noise")) o.init_noise = io::read_npy(ref / c["init_noise"].get<std::string>());
-  return o;
-}
-
 class PipelineGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PipelineGolden, MatchesDiffusers) {
@@ -61,7 +45,7 @@ TEST_P(PipelineGolden, MatchesDiffusers) {
   ASSERT_GE(cases.size(), 10u);
   for (const auto& c : cases) {
     SCOPED_TRACE(c.dump());
-    const GenerateOptions o = model.resolve(options_of(c, ref));
+    const GenerateOptions o = model.resolve(testing::pipeline_case_options(c, ref));
     // Stage by stage, so that the latents can be checked before the VAE.
     const Tensor context = model.encode_prompts(o);
     Sampling sampling = model.prepare_latents(o);

@@ -11,6 +11,10 @@
 #include <string>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "io/npy.h"
+#include "sdrt/model.h"
 
 namespace sdrt::testing {
 
@@ -84,6 +88,23 @@ inline std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
+}
+
+// The GenerateOptions of one case of a reference/pipeline_cases.json (scripts/make_fixtures.py).
+inline GenerateOptions pipeline_case_options(const nlohmann::json& c, const std::filesystem::path& ref) {
+  GenerateOptions o;
+  o.prompt = c["prompt"];
+  o.negative_prompt = c["negative_prompt"];
+  o.cfg_scale = c["guidance"];
+  o.steps = c["steps"];
+  o.height = c["height"];
+  o.width = c["width"];
+  o.seed = c["seed"];
+  const std::string scheduler = c["scheduler"];
+  o.scheduler = scheduler == "default" ? "" : scheduler;
+  o.karras = c["karras"];
+  if (c.contains("init_noise")) o.init_noise = io::read_npy(ref / c["init_noise"].get<std::string>());
+  return o;
 }
 
 }  // namespace sdrt::testing
