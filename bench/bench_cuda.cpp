@@ -2,16 +2,21 @@
 // load time, UNet step (CUDA graph replay, CUDA events, median), VAE decode, prompt encoding, 50-step
 // prompt-to-image, device memory; and, with --unet-inputs, one UNet call on the parity inputs written by
 // bench/unet_parity.py. Prints and writes one JSON object (schema in bench/report.py).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <vector>
 
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "backends/cuda/context.h"
+#include "backends/cuda/norm.cuh"
 #include "io/diffusers_folder.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
@@ -26,6 +31,80 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// GroupNorm on the SD 1.5 UNet's shapes, single-pass vs two-pass kernel, as the UNet's graph runs them: 20
+// launches captured in a CUDA graph, replayed 20 times, microseconds per launch (median replay / 20), inputs
+// L2-warm. A device-to-device copy of the same tensor is the bandwidth yardstick.
+nlohmann::json group_norm_bench() {
+  sdrt::cuda::Context ctx;
+  struct Shape {
+    int64_t spatial, channels;
+  };
+  const Shape shapes[] = {{4096, 320},  {4096, 640}, {4096, 960}, {1024, 640}, {1024, 960}, {1024, 1280},
+                          {1024, 1920}, {256, 1280}, {256, 1920}, {256, 2560}, {64, 1280},  {64, 2560}};
+  constexpr int kLaunches = 20;
+  nlohmann::json out = nlohmann::json::array();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  auto per_launch_us = [&](const std::function<void()>& launch) {
+    launch();  // plan outside capture
+    cudaStreamSynchronize(ctx.stream());
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeThreadLocal);
+    for (int i = 0; i < kLaunches; ++i) launch();
+    cudaStreamEndCapture(ctx.stream(), &graph);
+    cudaGraphInstantiate(&exec, graph, 0);
+    std::vector<float> times;
+    for (int i = 0; i < 25; ++i) {
+      cudaEventRecord(start, ctx.stream());
+      cudaGraphLaunch(exec, ctx.stream());
+      cudaEventRecord(stop, ctx.stream());
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      if (i >= 5) times.push_back(ms * 1000.0f / kLaunches);
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+  };
+  for (const auto& sh : shapes) {
+    const int64_t B = 2, n = B * sh.spatial * sh.channels;
+    sdrt::cuda::DeviceBuffer x(static_cast<size_t>(n) * 2), y(static_cast<size_t>(n) * 2), g(sh.channels * 4),
+        b(sh.channels * 4);
+    cudaMemset(x.data(), 0x3c, x.size());  // timing only
+    void* scratch = ctx.zeroed_scratch(sdrt::cuda::group_norm_scratch_bytes(B, sh.spatial, sh.channels, 32));
+    nlohmann::json row = {{"spatial", sh.spatial}, {"channels", sh.channels}};
+    row["copy_us"] = per_launch_us(
+        [&] { cudaMemcpyAsync(y.data(), x.data(), x.size(), cudaMemcpyDeviceToDevice, ctx.stream()); });
+    for (const bool single : {true, false}) {
+      sdrt::cuda::GroupNormArgs a{};
+      a.x = x.as<__half>();
+      a.y = y.as<__half>();
+      a.gamma = g.as<float>();
+      a.beta = b.as<float>();
+      a.batch = B;
+      a.spatial = sh.spatial;
+      a.channels = sh.channels;
+      a.groups = 32;
+      a.eps = 1e-5f;
+      a.silu = true;
+      a.scratch = scratch;
+      a.single_pass = single;
+      if (single && !sdrt::cuda::group_norm_single_pass(a)) continue;
+      row[single ? "single_pass_us" : "two_pass_us"] =
+          per_launch_us([&] { sdrt::cuda::launch_group_norm(a, ctx.stream()); });
+    }
+    std::cerr << row.dump() << "\n";
+    out.push_back(row);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -33,7 +112,7 @@ int main(int argc, char** argv) {
   std::string model_dir, unet_inputs, unet_output, json_path,
       prompt = "a photograph of an astronaut riding a horse";
   int iterations = 30, steps = 50, size = 512;
-  app.add_option("--model", model_dir, "diffusers folder")->required();
+  app.add_option("--model", model_dir, "diffusers folder");
   app.add_option("--unet-inputs", unet_inputs, "folder with sample.npy, context.npy, inputs.json");
   app.add_option("--unet-output", unet_output, "where to write the UNet output (.npy)");
   app.add_option("--json", json_path, "where to write the results");
@@ -41,8 +120,19 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "denoising steps of the end-to-end run");
   app.add_option("--size", size, "image size of the end-to-end run");
   app.add_option("--prompt", prompt);
+  bool op_bench = false;
+  app.add_flag("--op-bench", op_bench, "only time the GroupNorm kernels on the UNet's shapes");
   CLI11_PARSE(app, argc, argv);
+  if (op_bench) {
+    const auto result = group_norm_bench();
+    if (!json_path.empty()) std::ofstream(json_path) << result.dump(2) << "\n";
+    return 0;
+  }
 
+  if (model_dir.empty()) {
+    std::cerr << "bench_cuda: --model is required\n";
+    return 2;
+  }
   try {
     nlohmann::json out;
     auto start = Clock::now();

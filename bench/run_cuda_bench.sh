@@ -6,6 +6,7 @@
 # Expects in the checkout (carried to the device): build/release/bench_cuda, .ref/diffusers or .ref/diffusers.tar.xz,
 # optionally build/devlibs/ or build/devlibs.tar.xz (shared libraries bench_cuda needs that the machine lacks).
 # Writes under $OUT (default /tmp/sdrt-bench): run.log, sdrt.json, sdrt_unet.npy, parity.json, torch.json, report.md.
+# PROFILE=1: also bench/profile_step.sh (ncu per-kernel times) into $OUT/profile; SKIP_TORCH=1: sdrt only.
 # Extra arguments: $TORCH_BENCH_ARGS for torch_bench.py (e.g. "--channels-last"), $PARITY_ARGS for make-inputs.
 # Exit status: 0 when every step ran and the UNet parity passed.
 set -u -o pipefail
@@ -75,6 +76,11 @@ main() {
     fi
   else
     echo "=== bench_cuda: $BENCH_CUDA missing (carry it)"; FAILED+=("bench_cuda(missing)")
+  fi
+
+  # Optional: per-kernel times of one graph-replayed step under Nsight Compute (bench/profile_step.sh).
+  if [ "${PROFILE:-0}" = 1 ] && [ -x "$BENCH_CUDA" ]; then
+    OUT="$OUT/profile" MODEL="$MODEL" BENCH_CUDA="$BENCH_CUDA" step profile 300 bash bench/profile_step.sh
   fi
 
   TB=(--model "$MODEL" --out "$OUT/torch.json" --device "$DEVICE")

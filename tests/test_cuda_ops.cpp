@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,7 @@ struct GroupNormCase {
   float scale = 1.0f, mean_spread = 1.0f, offset = 0.0f;
   int64_t misalign = 0;  // x and y start this many halves into their buffers
   bool in_place = false;
+  int64_t pre_bias_pad = 0;  // pre_bias rows are channels + this apart (one projection for many norms)
 };
 
 TEST(CudaOps, GroupNorm) {
@@ -119,6 +121,10 @@ TEST(CudaOps, GroupNorm) {
       // misaligned activations (4-byte and 2-byte aligned: half2 and scalar fixed-channel paths)
       {"misaligned_by_2", 2, 256, 320, 32, 1e-5f, true, true, 1.0f, 1.0f, 0.0f, 2},
       {"misaligned_by_1", 2, 256, 320, 32, 1e-5f, true, true, 1.0f, 1.0f, 0.0f, 1},
+      // rows that do not split evenly over a cluster's blocks
+      {"rows_not_multiple", 2, 37 * 29, 320, 32, 1e-5f, true, true},
+      // the time embedding as a slice of one wide projection: pre_bias rows 20160 apart
+      {"pre_bias_strided", 2, 1024, 640, 32, 1e-5f, true, true, 1.0f, 1.0f, 0.0f, 0, false, 20160 - 640},
       // y aliases x
       {"in_place", 2, 1024, 640, 32, 1e-5f, true, true, 1.0f, 1.0f, 0.0f, 0, true},
   };
@@ -147,41 +153,89 @@ TEST(CudaOps, GroupNorm) {
                     tcase.eps, tcase.silu);
     const auto ref = nchw_to_nhwc(ref_nchw, B, S, C);
 
-    const int64_t off = tcase.misalign;
-    std::vector<float> x_padded(n + static_cast<size_t>(off), 0.0f);
-    std::copy(x.begin(), x.end(), x_padded.begin() + off);
-    DeviceBuffer d_x = tc::to_device_half(x_padded);
-    DeviceBuffer d_y(sizeof(__half) * (n + static_cast<size_t>(off)));
-    DeviceBuffer d_gamma = tc::to_device(gamma), d_beta = tc::to_device(beta);
-    DeviceBuffer d_pb = tc::to_device_half(pre_bias);
-    DeviceBuffer scratch = zeroed_scratch(sdrt::cuda::group_norm_scratch_bytes(B, S, C, tcase.groups));
+    // Both kernels: the single-pass cluster kernel (where the shape and GPU allow) and the two-pass one.
+    for (const bool single_pass : {true, false}) {
+      SCOPED_TRACE(single_pass ? "single pass" : "two pass");
+      const int64_t off = tcase.misalign;
+      std::vector<float> x_padded(n + static_cast<size_t>(off), 0.0f);
+      std::copy(x.begin(), x.end(), x_padded.begin() + off);
+      DeviceBuffer d_x = tc::to_device_half(x_padded);
+      DeviceBuffer d_y(sizeof(__half) * (n + static_cast<size_t>(off)));
+      DeviceBuffer d_gamma = tc::to_device(gamma), d_beta = tc::to_device(beta);
+      // pre_bias with rows pre_bias_pad apart; the gaps hold values that must not be read.
+      const int64_t pb_stride = C + tcase.pre_bias_pad;
+      std::vector<float> pb_rows(static_cast<size_t>(B * pb_stride), 1000.0f);
+      for (int64_t b = 0; b < B; ++b)
+        std::copy_n(pre_bias.begin() + b * C, C, pb_rows.begin() + b * pb_stride);
+      DeviceBuffer d_pb = tc::to_device_half(pb_rows);
+      DeviceBuffer scratch = zeroed_scratch(sdrt::cuda::group_norm_scratch_bytes(B, S, C, tcase.groups));
 
+      sdrt::cuda::GroupNormArgs args{};
+      args.x = d_x.as<__half>() + off;
+      args.y = tcase.in_place ? d_x.as<__half>() + off : d_y.as<__half>() + off;
+      args.gamma = d_gamma.as<float>();
+      args.beta = d_beta.as<float>();
+      args.pre_bias = tcase.pre_bias ? d_pb.as<__half>() : nullptr;
+      args.batch = B;
+      args.spatial = S;
+      args.channels = C;
+      args.groups = tcase.groups;
+      args.pre_bias_stride = tcase.pre_bias_pad ? pb_stride : 0;
+      args.eps = tcase.eps;
+      args.silu = tcase.silu;
+      args.scratch = scratch.data();
+      args.single_pass = single_pass;
+      // On sm_90+, every aligned shape whose rows fit 8 blocks' 96 KiB tiles takes one pass.
+      const int64_t slice = std::lcm<int64_t>(C / tcase.groups, 8);
+      const bool fits = (S + 7) / 8 * slice * 2 <= 96 * 1024;
+      if (single_pass && off == 0 && C % 8 == 0 && tc::context().sm_version() >= 90 && fits) {
+        EXPECT_TRUE(sdrt::cuda::group_norm_single_pass(args))
+            << "the single-pass kernel should take this shape";
+      }
+      ASSERT_NO_THROW(sdrt::cuda::launch_group_norm(args, tc::stream()));
+      const DeviceBuffer& out = tcase.in_place ? d_x : d_y;
+      auto got_padded = tc::from_device_half(out, n + static_cast<size_t>(off));
+      std::vector<float> got(got_padded.begin() + off, got_padded.end());
+      EXPECT_TRUE(tc::expect_close(got, ref, {1e-6, 2e-3, 2e-3}));
+
+      // A second launch (on the same scratch, whose counters must have been re-zeroed) gives the same bits.
+      if (!tcase.in_place) {
+        ASSERT_NO_THROW(sdrt::cuda::launch_group_norm(args, tc::stream()));
+        auto again = tc::from_device_half(d_y, n + static_cast<size_t>(off));
+        EXPECT_EQ(0, std::memcmp(again.data(), got_padded.data(), again.size() * sizeof(float)))
+            << "second launch differs";
+      }
+    }
+  }
+}
+
+// Shapes with different shared-memory needs in turn (large, small, large again): a launch must not depend on
+// the order in which shapes were first seen.
+TEST(CudaOps, GroupNormShapesInAnyOrder) {
+  SDRT_REQUIRE_CUDA();
+  struct Shape {
+    int64_t spatial, channels;
+  };
+  const Shape shapes[] = {{4096, 960}, {64, 320}, {4096, 960}, {1024, 640}, {64, 320}};
+  for (const auto& sh : shapes) {
+    SCOPED_TRACE(sh.channels);
+    const int64_t B = 2, n = B * sh.spatial * sh.channels;
+    DeviceBuffer x = tc::to_device_half(tc::random_normal(static_cast<size_t>(n), 7));
+    DeviceBuffer y(sizeof(__half) * static_cast<size_t>(n));
+    DeviceBuffer scratch =
+        zeroed_scratch(sdrt::cuda::group_norm_scratch_bytes(B, sh.spatial, sh.channels, 32));
     sdrt::cuda::GroupNormArgs args{};
-    args.x = d_x.as<__half>() + off;
-    args.y = tcase.in_place ? d_x.as<__half>() + off : d_y.as<__half>() + off;
-    args.gamma = d_gamma.as<float>();
-    args.beta = d_beta.as<float>();
-    args.pre_bias = tcase.pre_bias ? d_pb.as<__half>() : nullptr;
+    args.x = x.as<__half>();
+    args.y = y.as<__half>();
     args.batch = B;
-    args.spatial = S;
-    args.channels = C;
-    args.groups = tcase.groups;
-    args.eps = tcase.eps;
-    args.silu = tcase.silu;
+    args.spatial = sh.spatial;
+    args.channels = sh.channels;
+    args.groups = 32;
+    args.eps = 1e-5f;
+    args.silu = true;
     args.scratch = scratch.data();
     ASSERT_NO_THROW(sdrt::cuda::launch_group_norm(args, tc::stream()));
-    const DeviceBuffer& out = tcase.in_place ? d_x : d_y;
-    auto got_padded = tc::from_device_half(out, n + static_cast<size_t>(off));
-    std::vector<float> got(got_padded.begin() + off, got_padded.end());
-    EXPECT_TRUE(tc::expect_close(got, ref, {1e-6, 2e-3, 2e-3}));
-
-    // A second launch on the same scratch (its counters must have been re-zeroed) gives the same bits.
-    if (!tcase.in_place) {
-      ASSERT_NO_THROW(sdrt::cuda::launch_group_norm(args, tc::stream()));
-      auto again = tc::from_device_half(d_y, n + static_cast<size_t>(off));
-      EXPECT_EQ(0, std::memcmp(again.data(), got_padded.data(), again.size() * sizeof(float)))
-          << "second launch differs";
-    }
+    ASSERT_NO_THROW(tc::context().synchronize());
   }
 }
 

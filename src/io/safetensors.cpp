@@ -623,6 +623,18 @@ Tensor WeightStore::load(const std::string& name, DType dtype) const {
   return file_for(name).load(name, dtype);
 }
 
+WeightStore::Bytes WeightStore::bytes(const std::string& name) const {
+  const TensorInfo& ti = info(name);
+  const std::optional<DType> type = float_dtype(ti.dtype);
+  if (!type)
+    fail(ErrorKind::kUnsupported, file_of(name),
+         fmt::format("tensor {}: dtype {} cannot be loaded (only F32, F16 and BF16)", quote_name(name),
+                     ti.dtype));
+  const auto it = raw_.find(name);
+  const std::byte* data = it != raw_.end() ? it->second.data : file_for(name).raw(name);
+  return Bytes{data, *type, shape_numel(ti.shape)};
+}
+
 const fs::path& WeightStore::file_of(const std::string& name) const {
   if (raw_.count(name)) return source_;
   return file_for(name).path();

@@ -91,6 +91,14 @@ class WeightStore {
   bool contains(const std::string& name) const { return owner_.count(name) != 0 || raw_.count(name) != 0; }
   const TensorInfo& info(const std::string& name) const;
   Tensor load(const std::string& name, DType dtype = DType::kF32) const;
+  // A float tensor's stored bytes, not copied (valid while the store lives; any alignment), for loaders that
+  // convert on their own (the CUDA backend converts on the GPU). Throws like load() for other dtypes.
+  struct Bytes {
+    const std::byte* data = nullptr;
+    DType dtype = DType::kF32;  // as stored: F32, F16 or BF16
+    int64_t numel = 0;
+  };
+  Bytes bytes(const std::string& name) const;
   // The file a tensor lives in (for error messages).
   const std::filesystem::path& file_of(const std::string& name) const;
   // Every file this store reads (one, or the shards; none for from_tensors).

@@ -10,8 +10,8 @@
 
 namespace sdrt::models {
 
-Tensor load_weight(const io::WeightStore& weights, const std::string& name, const Shape& expected,
-                   const std::string& config_source, DType dtype) {
+void check_weight(const io::WeightStore& weights, const std::string& name, const Shape& expected,
+                  const std::string& config_source) {
   if (!weights.contains(name))
     throw Error(ErrorKind::kModel, fmt::format("{}: missing tensor \"{}\" (expected by {})",
                                                weights.source().string(), name, config_source));
@@ -21,6 +21,11 @@ Tensor load_weight(const io::WeightStore& weights, const std::string& name, cons
         ErrorKind::kModel,
         fmt::format("{}: tensor \"{}\" has shape {} but {} implies {}", weights.file_of(name).string(), name,
                     shape_to_string(info.shape), config_source, shape_to_string(expected)));
+}
+
+Tensor load_weight(const io::WeightStore& weights, const std::string& name, const Shape& expected,
+                   const std::string& config_source, DType dtype) {
+  check_weight(weights, name, expected, config_source);
   return weights.load(name, dtype);
 }
 

@@ -19,12 +19,18 @@ namespace sdrt::models {
 // shapes and `config_source` (the config.json the expectation came from).
 Tensor load_weight(const io::WeightStore& weights, const std::string& name, const Shape& expected,
                    const std::string& config_source, DType dtype = DType::kF32);
+// The same checks without loading (for backends that read the stored bytes themselves).
+void check_weight(const io::WeightStore& weights, const std::string& name, const Shape& expected,
+                  const std::string& config_source);
 
 struct WeightSource {
   const io::WeightStore& store;
   std::string config_source;  // for error messages: the config.json the shapes come from
   Tensor get(const std::string& name, const Shape& expected, DType dtype = DType::kF32) const {
     return load_weight(store, name, expected, config_source, dtype);
+  }
+  void check(const std::string& name, const Shape& expected) const {
+    check_weight(store, name, expected, config_source);
   }
 };
 

@@ -7,6 +7,7 @@
 
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/check.h"
+#include "backends/cuda/weight_upload.h"
 
 namespace sdrt::cuda {
 
@@ -79,6 +80,7 @@ Context::Context(int device_index) {
 
 Context::~Context() {
   if (stream_) cudaStreamSynchronize(stream_);
+  uploader_.reset();
   attention_release_plans(*this);
   if (cudnn_) cudnnDestroy(cudnn_);
   if (cublas_) cublasLtDestroy(cublas_);
@@ -109,6 +111,17 @@ void* Context::zeroed_scratch(size_t bytes) {
     check(cudaMemset(zeroed_scratch_.data(), 0, zeroed_scratch_.size()), "cudaMemset");
   }
   return zeroed_scratch_.data();
+}
+
+WeightUploader& Context::uploader() {
+  if (!uploader_) uploader_ = std::make_unique<WeightUploader>(*this);
+  return *uploader_;
+}
+
+void Context::finish_uploads() {
+  if (!uploader_) return;
+  uploader_->wait();
+  uploader_.reset();
 }
 
 void Context::synchronize() const {

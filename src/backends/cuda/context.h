@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace sdrt::cuda {
@@ -18,6 +19,8 @@ namespace sdrt::cuda {
 bool device_available();
 // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" or the reason no device is usable.
 std::string device_description();
+
+class WeightUploader;  // backends/cuda/weight_upload.h
 
 // Owns one device allocation (cudaMalloc/cudaFree). Movable, not copyable.
 class DeviceBuffer {
@@ -66,6 +69,12 @@ class Context {
 
   void synchronize() const;
 
+  // The staging ring that loads weights (created on first use; its pinned memory is returned by
+  // finish_uploads once the models are loaded).
+  WeightUploader& uploader();
+  // Waits for every weight upload and frees the staging ring.
+  void finish_uploads();
+
  private:
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t cublas_ = nullptr;
@@ -73,6 +82,7 @@ class Context {
   int sm_version_ = 0;
   DeviceBuffer workspace_;
   DeviceBuffer zeroed_scratch_;
+  std::unique_ptr<WeightUploader> uploader_;
 };
 
 // Host <-> device copies on the context's stream (synchronous for the caller: they wait for the stream).

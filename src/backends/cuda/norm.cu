@@ -14,16 +14,31 @@
 //   2. apply: per thread, scale/shift for its channels folded into registers once (gamma, beta, pre_bias,
 //      mean, rstd), then y = x·a + b (+ SiLU) with 16-byte loads/stores. The second read of x mostly hits L2
 //      for UNet shapes (≤ 10 MiB), so GroupNorm costs about one HBM read + one write.
-// Shapes whose channel count does not allow the fixed-channel layout (no block size ≤ 1024 that is a multiple
-// of both 32 and channels/V) use a generic per-element path with shared-memory atomics (correct, slower).
-// Scratch: [batch] counters (zeroed once by the caller, re-zeroed by every launch), [batch, groups] stats,
-// [batch, groups, chunks] partials. No allocation happens here, so launches can be captured in CUDA graphs.
+// Single pass (sm_90+, the UNet's shapes): a thread-block cluster of K ≤ 8 blocks owns one (batch item,
+// channel slice), the slice being lcm(channels/groups, 8) channels (whole groups, 16-byte vectors); each
+// block loads its 1/K of the rows into shared memory once, and the statistics are exact two-pass (mean, then
+// Σ(x − mean)²), each pass reduced per block in a fixed order and across the cluster through distributed
+// shared memory (ranks summed in order: deterministic). Then the block normalises its rows from shared
+// memory. One kernel, one read and one write of the tensor, no scratch; used when a block's rows fit in 96
+// KiB (see kClusterMaxTileBytes).
+// Shapes whose channel count does not allow the fixed-channel layout (no block size ≤ 1024 that is a
+// multiple of both 32 and channels/V) use a generic per-element path with shared-memory atomics (correct,
+// slower). Scratch: [batch] counters (zeroed once by the caller, re-zeroed by every launch), [batch, groups]
+// stats, [batch, groups, chunks] partials. No allocation happens here, so launches can be captured in CUDA
+// graphs.
 //
 // LayerNorm, x [rows, dim]: one warp per row, the row held in registers (dim ≤ 4096 with 16-byte vectors),
 // exact two-pass mean / variance with warp shuffles; 8 rows per 256-thread block. Other dims fall back to a
 // block per row that re-reads the row from L1/L2.
+#include <cooperative_groups.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
 #include <numeric>
+#include <optional>
+#include <tuple>
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/norm.cuh"
@@ -87,9 +102,10 @@ struct GnParams {
   const float* gamma;
   const float* beta;
   const __half* pre_bias;
-  int* counters;     // [batch]
-  float2* stats;     // [batch, groups] (mean, rstd)
-  float2* partials;  // [batch, groups, chunks] (chunk mean, chunk M2)
+  int64_t pre_bias_stride;  // elements between batch items of pre_bias
+  int* counters;            // [batch]
+  float2* stats;            // [batch, groups] (mean, rstd)
+  float2* partials;         // [batch, groups, chunks] (chunk mean, chunk M2)
   int64_t spatial, channels, groups, cpg;
   int64_t rows;       // rows per chunk
   int stage_floats2;  // float2 capacity of the dynamic shared memory for the merge
@@ -114,7 +130,7 @@ __global__ void __launch_bounds__(1024) group_norm_stats_kernel(GnParams p) {
   const int64_t r0 = chunk * p.rows;
   const int64_t rows = min(p.rows, p.spatial - r0);
   const __half* xb = p.x + (b * p.spatial + r0) * C;
-  const __half* pb = p.pre_bias ? p.pre_bias + b * C : nullptr;
+  const __half* pb = p.pre_bias ? p.pre_bias + b * p.pre_bias_stride : nullptr;
 
   for (int64_t c = tid; c < C; c += nthreads) {
     s_k[c] = __half2float(xb[c]) + (pb ? __half2float(pb[c]) : 0.0f);
@@ -243,7 +259,7 @@ __global__ void __launch_bounds__(1024) group_norm_stats_kernel(GnParams p) {
 __device__ __forceinline__ void group_norm_affine(const GnParams& p, int64_t b, int64_t c, float& a,
                                                   float& shift) {
   const float2 st = p.stats[b * p.groups + c / p.cpg];
-  const float pb = p.pre_bias ? __half2float(p.pre_bias[b * p.channels + c]) : 0.0f;
+  const float pb = p.pre_bias ? __half2float(p.pre_bias[b * p.pre_bias_stride + c]) : 0.0f;
   a = st.y * (p.gamma ? p.gamma[c] : 1.0f);
   shift = (p.beta ? p.beta[c] : 0.0f) + (pb - st.x) * a;
 }
@@ -267,16 +283,24 @@ __global__ void __launch_bounds__(1024) group_norm_apply_kernel(GnParams p) {
 #pragma unroll
     for (int e = 0; e < V; ++e) group_norm_affine(p, b, c0 + e, a[e], sh[e]);
     const int64_t nvec = rows * C / V;
-#pragma unroll 4
-    for (int64_t i = tid; i < nvec; i += nthreads) {
-      float v[V];
-      load_half<V>(xb + i * V, v);
+    // Loads in batches ahead of the stores (y may alias x, so the compiler keeps each load after the stores
+    // before it: one at a time would wait a full memory round trip each).
+    constexpr int kBatch = 4;
+    for (int64_t i = tid; i < nvec; i += kBatch * nthreads) {
+      float v[kBatch][V];
 #pragma unroll
-      for (int e = 0; e < V; ++e) {
-        v[e] = fmaf(v[e], a[e], sh[e]);
-        if constexpr (kSilu) v[e] = detail::silu(v[e]);
+      for (int q = 0; q < kBatch; ++q)
+        if (i + q * nthreads < nvec) load_half<V>(xb + (i + q * nthreads) * V, v[q]);
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        if (i + q * nthreads >= nvec) break;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          v[q][e] = fmaf(v[q][e], a[e], sh[e]);
+          if constexpr (kSilu) v[q][e] = detail::silu(v[q][e]);
+        }
+        store_half<V>(yb + (i + q * nthreads) * V, v[q]);
       }
-      store_half<V>(yb + i * V, v);
     }
   } else {
     float* s_a = smem;
@@ -331,6 +355,298 @@ void run_group_norm(const GnParams& p, int threads, dim3 grid, size_t stats_smem
           "cudaFuncSetAttribute(group_norm_apply)");
   apply<<<grid, threads, apply_smem, stream>>>(p);
   check_launch("group_norm_apply_kernel");
+}
+
+// ---- GroupNorm, single pass (thread-block clusters) ----------------------------------------------------
+
+// Cluster size and tile limit, from timings of the UNet's shapes replayed in a CUDA graph on an H100
+// (bench_cuda --op-bench): a cluster's cost grows with its size (8-block clusters took ~8 µs more than
+// 2-block ones on small shapes), so the smallest cluster of at least 2 blocks whose tiles fit 96 KiB wins;
+// larger tiles (64×64×960) are faster on the two-pass kernels.
+constexpr int64_t kClusterMinBlocks = 2;
+constexpr int64_t kClusterMaxBlocks = 8;            // portable cluster size
+constexpr size_t kClusterMaxTileBytes = 96 * 1024;  // rows of one block in shared memory
+
+struct ClusterGnParams {
+  const __half* x;
+  __half* y;
+  const float* gamma;
+  const float* beta;
+  const __half* pre_bias;
+  int64_t pre_bias_stride;  // elements between batch items of pre_bias
+  int64_t spatial, channels;
+  int cpg;    // channels per group
+  int slice;  // channels per cluster (whole groups, multiple of 8)
+  int rows;   // rows per block (the last block of a cluster may have fewer, or none)
+  float eps;
+};
+
+// Shared memory: [rows · slice/8] uint4 tile, then [blockDim · 8] floats of per-thread sums, [parts · slice]
+// floats of per-channel part sums, then 4 arrays of slice/cpg floats (block partials of both passes, the
+// group means and rstds).
+template <bool kSilu>
+__global__ void __launch_bounds__(1024) group_norm_cluster_kernel(ClusterGnParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ uint4 smem_u4[];
+  const int nv = p.slice / 8;
+  const int groups = p.slice / p.cpg;  // in this slice
+  const int T = blockDim.x;
+  const int tid = threadIdx.x;
+  const int vc = tid % nv;  // fixed vector column: T is a multiple of nv
+  const int row0 = tid / nv, row_step = T / nv;
+  const int64_t K = cluster.num_blocks();
+  const int64_t rank = cluster.block_rank();
+  const int64_t slice_index = blockIdx.x / K;
+  const int64_t b = blockIdx.y;
+  const int64_t r0 = rank * p.rows;
+  const int64_t rows_left = p.spatial - r0;
+  const int rows = rows_left <= 0 ? 0 : static_cast<int>(rows_left < p.rows ? rows_left : p.rows);
+  const int64_t c0 = slice_index * p.slice + vc * 8;  // this thread's first channel
+
+  uint4* tile = smem_u4;
+  const int parts = (row_step + 7) / 8;  // per channel: threads sharing a column, summed 8 at a time
+  float* stage = reinterpret_cast<float*>(tile + static_cast<int64_t>(p.rows) * nv);
+  float* stage2 = stage + T * 8;  // [parts, slice]
+  float* part1 = stage2 + parts * p.slice;
+  float* part2 = part1 + groups;
+  float* s_mean = part2 + groups;
+  float* s_rstd = s_mean + groups;
+
+  float pb[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    pb[e] = p.pre_bias ? __half2float(p.pre_bias[b * p.pre_bias_stride + c0 + e]) : 0.0f;
+
+  // Pass 1: load the rows into shared memory, per-channel sums of x + pre_bias.
+  const __half* xb = p.x + (b * p.spatial + r0) * p.channels + c0;
+  float acc[8] = {};
+  // kBatch loads are issued before their shared-memory stores: x is a generic pointer the compiler must
+  // assume may alias the tile, so one load per store would wait a full memory round trip each.
+  constexpr int kBatch = 4;
+  for (int r = row0; r < rows; r += kBatch * row_step) {
+    uint4 u[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const int rq = r + q * row_step;
+      if (rq < rows) u[q] = *reinterpret_cast<const uint4*>(xb + static_cast<int64_t>(rq) * p.channels);
+    }
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const int rq = r + q * row_step;
+      if (rq >= rows) break;
+      tile[rq * nv + vc] = u[q];
+      float v[8];
+      load_half<8>(reinterpret_cast<const __half*>(&u[q]), v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] += v[e] + pb[e];
+    }
+  }
+
+  const int lane = tid & 31, warp = tid >> 5, nwarps = T >> 5;
+  // Block partial per group, summed in a fixed order: thread sums -> stage, then a warp per group adds its
+  // channels' entries (channel cs of the slice sits in stage[((cs / 8) + k·nv)·8 + cs % 8], k < row_step).
+  auto block_group_sums = [&](const float(&a)[8], float* out) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) stage[tid * 8 + e] = a[e];
+    __syncthreads();
+    // (a) per channel and part: part j sums the threads of rows j·8 .. j·8 + 7 of this channel's column
+    for (int i = tid; i < p.slice * parts; i += T) {
+      const int cs = i % p.slice, part = i / p.slice;
+      float sum = 0.0f;
+      for (int k = part * 8; k < min(part * 8 + 8, row_step); ++k)
+        sum += stage[((cs >> 3) + k * nv) * 8 + (cs & 7)];
+      stage2[part * p.slice + cs] = sum;
+    }
+    __syncthreads();
+    // (b) a warp per group adds its channels' parts
+    for (int g = warp; g < groups; g += nwarps) {
+      float sum = 0.0f;
+      for (int j = lane; j < p.cpg * parts; j += 32)
+        sum += stage2[(j / p.cpg) * p.slice + g * p.cpg + j % p.cpg];
+      sum = warp_sum(sum);
+      if (lane == 0) out[g] = sum;
+    }
+  };
+  // Cluster total per group: every block adds the K block partials in rank order.
+  auto cluster_group_sums = [&](float* part, float* out, float scale, bool rstd) {
+    cluster.sync();
+    for (int g = tid; g < groups; g += T) {
+      float s = 0.0f;
+      for (int64_t k = 0; k < K; ++k) s += cluster.map_shared_rank(part, static_cast<unsigned>(k))[g];
+      out[g] = rstd ? 1.0f / sqrtf(s * scale + p.eps) : s * scale;
+    }
+    __syncthreads();
+  };
+
+  const float inv_n = 1.0f / static_cast<float>(p.spatial * p.cpg);
+  block_group_sums(acc, part1);
+  cluster_group_sums(part1, s_mean, inv_n, false);
+
+  // Pass 2: Σ (x + pre_bias − mean)² from shared memory.
+  float mean[8], sq[8] = {};
+#pragma unroll
+  for (int e = 0; e < 8; ++e) mean[e] = s_mean[(vc * 8 + e) / p.cpg];
+#pragma unroll 4
+  for (int r = row0; r < rows; r += row_step) {
+    float v[8];
+    load_half<8>(reinterpret_cast<const __half*>(&tile[r * nv + vc]), v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float d = v[e] + pb[e] - mean[e];
+      sq[e] = fmaf(d, d, sq[e]);
+    }
+  }
+  __syncthreads();  // stage is reused
+  block_group_sums(sq, part2);
+  cluster_group_sums(part2, s_rstd, inv_n, true);
+
+  // Normalise: y = x·a + shift with a = rstd·gamma, shift = beta + (pre_bias − mean)·a.
+  float a[8], shift[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const int64_t c = c0 + e;
+    a[e] = s_rstd[(vc * 8 + e) / p.cpg] * (p.gamma ? p.gamma[c] : 1.0f);
+    shift[e] = (p.beta ? p.beta[c] : 0.0f) + (pb[e] - mean[e]) * a[e];
+  }
+  __half* yb = p.y + (b * p.spatial + r0) * p.channels + c0;
+#pragma unroll 4
+  for (int r = row0; r < rows; r += row_step) {
+    float v[8];
+    load_half<8>(reinterpret_cast<const __half*>(&tile[r * nv + vc]), v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      v[e] = fmaf(v[e], a[e], shift[e]);
+      if constexpr (kSilu) v[e] = detail::silu(v[e]);
+    }
+    store_half<8>(yb + static_cast<int64_t>(r) * p.channels, v);
+  }
+  cluster.sync();  // no block leaves while another may still read its partials
+#endif
+}
+
+struct ClusterGnPlan {
+  int slice = 0, threads = 0, rows = 0;
+  int64_t cluster = 0;
+  size_t smem = 0;
+};
+
+bool device_has_clusters() {
+  static const bool yes = [] {
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 9;
+  }();
+  return yes;
+}
+
+// The cluster layout for a shape, or nothing when the single-pass kernel cannot take it.
+std::optional<ClusterGnPlan> plan_cluster_group_norm(const GroupNormArgs& a) {
+  if (!a.single_pass || !device_has_clusters()) return std::nullopt;
+  if (a.channels % 8 != 0 || !aligned(a.x, 16) || !aligned(a.y, 16) || a.batch > 65535) return std::nullopt;
+  const int64_t cpg = a.channels / a.groups;
+  const int64_t slice = std::lcm<int64_t>(cpg, 8);
+  if (a.channels % slice != 0 || slice > 1024) return std::nullopt;
+  const int64_t nv = slice / 8;
+  const int64_t threads = std::lcm<int64_t>(nv, 32) * std::max<int64_t>(1, 512 / std::lcm<int64_t>(nv, 32));
+  if (threads > 1024) return std::nullopt;
+  auto tile_bytes = [&](int64_t k) { return static_cast<size_t>(ceil_div(a.spatial, k) * slice * 2); };
+  // SDRT_GN_CLUSTER=n caps the cluster size (a tuning knob: 1, 2, 4 or 8).
+  static const int64_t max_blocks = [] {
+    const char* v = std::getenv("SDRT_GN_CLUSTER");
+    const int64_t n = v ? std::atoll(v) : kClusterMaxBlocks;
+    return std::clamp<int64_t>(n, 1, kClusterMaxBlocks);
+  }();
+  int64_t k = std::min(kClusterMinBlocks, max_blocks);
+  while (k < max_blocks && tile_bytes(k) > kClusterMaxTileBytes) k *= 2;
+  if (tile_bytes(k) > kClusterMaxTileBytes) return std::nullopt;
+  ClusterGnPlan plan;
+  plan.slice = static_cast<int>(slice);
+  plan.threads = static_cast<int>(threads);
+  plan.cluster = k;
+  plan.rows = static_cast<int>(ceil_div(a.spatial, k));
+  const int64_t groups_in_slice = slice / cpg;
+  const int64_t parts = (threads / nv + 7) / 8;
+  plan.smem =
+      tile_bytes(k) + sizeof(float) * static_cast<size_t>(threads * 8 + parts * slice + 4 * groups_in_slice);
+  return plan;
+}
+
+cudaLaunchConfig_t cluster_launch_config(const GroupNormArgs& a, const ClusterGnPlan& plan,
+                                         cudaStream_t stream, cudaLaunchAttribute* attribute) {
+  cudaLaunchConfig_t config{};
+  config.gridDim =
+      dim3(static_cast<unsigned>(a.channels / plan.slice * plan.cluster), static_cast<unsigned>(a.batch));
+  config.blockDim = dim3(static_cast<unsigned>(plan.threads));
+  config.dynamicSmemBytes = plan.smem;
+  config.stream = stream;
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = static_cast<unsigned>(plan.cluster);
+  attribute->val.clusterDim.y = 1;
+  attribute->val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
+auto cluster_kernel(bool silu) {
+  return silu ? group_norm_cluster_kernel<true> : group_norm_cluster_kernel<false>;
+}
+
+// Whether the device can co-schedule such clusters. Asked once per (kernel, shared memory, block, cluster);
+// the kernel's shared-memory limit only ever grows (a launch needs it at least as high as its own size).
+bool cluster_group_norm_fits(const GroupNormArgs& a, const ClusterGnPlan& plan) {
+  static std::mutex mutex;
+  static std::map<std::tuple<bool, size_t, int, int64_t>, bool> fits;
+  static size_t smem_limit[2] = {0, 0};  // per kernel (silu or not)
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(a.silu, plan.smem, plan.threads, plan.cluster);
+  auto it = fits.find(key);
+  if (it == fits.end()) {
+    auto kernel = cluster_kernel(a.silu);
+    size_t& limit = smem_limit[a.silu ? 1 : 0];
+    bool ok = true;
+    if (plan.smem > limit) {
+      ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(plan.smem)) == cudaSuccess;
+      if (ok) limit = plan.smem;
+    }
+    cudaLaunchAttribute attribute{};
+    const cudaLaunchConfig_t config = cluster_launch_config(a, plan, nullptr, &attribute);
+    int clusters = 0;
+    ok = ok && cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess && clusters > 0;
+    cudaGetLastError();
+    it = fits.emplace(key, ok).first;
+  }
+  return it->second;
+}
+
+// Launches the single-pass kernel; false when the device cannot co-schedule such a cluster.
+bool launch_cluster_group_norm(const GroupNormArgs& a, const ClusterGnPlan& plan, cudaStream_t stream) {
+  if (!cluster_group_norm_fits(a, plan)) return false;
+  cudaLaunchAttribute attribute{};
+  const cudaLaunchConfig_t config = cluster_launch_config(a, plan, stream, &attribute);
+  ClusterGnParams p{};
+  p.x = a.x;
+  p.y = a.y;
+  p.gamma = a.gamma;
+  p.beta = a.beta;
+  p.pre_bias = a.pre_bias;
+  p.pre_bias_stride = a.pre_bias_stride ? a.pre_bias_stride : a.channels;
+  p.spatial = a.spatial;
+  p.channels = a.channels;
+  p.cpg = static_cast<int>(a.channels / a.groups);
+  p.slice = plan.slice;
+  p.rows = plan.rows;
+  p.eps = a.eps;
+  check(cudaLaunchKernelEx(&config, cluster_kernel(a.silu), p),
+        "cudaLaunchKernelEx(group_norm_cluster_kernel)");
+  return true;
 }
 
 // ---- LayerNorm -------------------------------------------------------------------------------------------
@@ -460,12 +776,19 @@ size_t group_norm_scratch_bytes(int64_t batch, int64_t spatial, int64_t channels
   return scratch_layout(batch, groups, ch.chunks).total;
 }
 
+bool group_norm_single_pass(const GroupNormArgs& a) {
+  const auto plan = plan_cluster_group_norm(a);
+  return plan && cluster_group_norm_fits(a, *plan);
+}
+
 void launch_group_norm(const GroupNormArgs& a, cudaStream_t stream) {
   if (a.groups <= 0 || a.channels <= 0 || a.channels % a.groups != 0)
     throw Error(ErrorKind::kInvalidArgument, "group_norm: channels must be a positive multiple of groups");
   if (a.batch <= 0 || a.spatial <= 0) return;
   if (!a.scratch) throw Error(ErrorKind::kInternal, "group_norm: no scratch memory");
   if (a.batch > 65535) throw Error(ErrorKind::kUnsupported, "group_norm: batch > 65535");
+  if (const auto plan = plan_cluster_group_norm(a); plan && launch_cluster_group_norm(a, *plan, stream))
+    return;
 
   const Chunking ch = group_norm_chunking(a.batch, a.spatial, a.channels, a.groups);
   const ScratchLayout layout = scratch_layout(a.batch, a.groups, ch.chunks);
@@ -478,6 +801,7 @@ void launch_group_norm(const GroupNormArgs& a, cudaStream_t stream) {
   p.gamma = a.gamma;
   p.beta = a.beta;
   p.pre_bias = a.pre_bias;
+  p.pre_bias_stride = a.pre_bias_stride ? a.pre_bias_stride : a.channels;
   p.counters = reinterpret_cast<int*>(scratch + layout.counters);
   p.stats = reinterpret_cast<float2*>(scratch + layout.stats);
   p.partials = reinterpret_cast<float2*>(scratch + layout.partials);

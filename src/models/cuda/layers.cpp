@@ -9,6 +9,8 @@
 #include "backends/cuda/conv.cuh"
 #include "backends/cuda/gemm.cuh"
 #include "backends/cuda/norm.cuh"
+#include "backends/cuda/weight_upload.h"
+#include "io/safetensors.h"
 
 namespace sdrt::models::gpu {
 
@@ -131,34 +133,63 @@ DeviceBuffer upload_f32(Context& ctx, const Tensor& host) {
   return buffer;
 }
 
+namespace {
+
+cuda::WeightUploader::Source stored_source(const WeightSource& w, const std::string& name,
+                                           const Shape& expected) {
+  w.check(name, expected);
+  const io::WeightStore::Bytes b = w.store.bytes(name);
+  const cuda::StoredType type = b.dtype == DType::kF16    ? cuda::StoredType::kF16
+                                : b.dtype == DType::kBF16 ? cuda::StoredType::kBF16
+                                                          : cuda::StoredType::kF32;
+  return {b.data, type, b.numel};
+}
+
+}  // namespace
+
+DeviceBuffer weight_f16(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected) {
+  const auto src = stored_source(w, name, expected);
+  DeviceBuffer buffer(static_cast<size_t>(src.numel) * sizeof(__half));
+  ctx.uploader().to_f16(src, buffer.as<__half>());
+  return buffer;
+}
+
+DeviceBuffer weight_f32(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected) {
+  const auto src = stored_source(w, name, expected);
+  DeviceBuffer buffer(static_cast<size_t>(src.numel) * sizeof(float));
+  ctx.uploader().to_f32(src, buffer.as<float>());
+  return buffer;
+}
+
+void weight_f16_into(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected,
+                     __half* dst) {
+  ctx.uploader().to_f16(stored_source(w, name, expected), dst);
+}
+
 DLinear DLinear::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
                       bool has_bias) {
   DLinear l;
   l.in = in;
   l.out = out;
-  l.weight = upload_f16(ctx, w.get(prefix + ".weight", {out, in}, DType::kF16));
-  if (has_bias) l.bias = upload_f16(ctx, w.get(prefix + ".bias", {out}, DType::kF16));
+  l.weight = weight_f16(ctx, w, prefix + ".weight", {out, in});
+  if (has_bias) l.bias = weight_f16(ctx, w, prefix + ".bias", {out});
   return l;
 }
 
 DLinear DLinear::load_stacked(Context& ctx, const WeightSource& w, const std::vector<std::string>& prefixes,
                               int64_t in, int64_t out_each, bool has_bias) {
-  const int64_t parts = static_cast<int64_t>(prefixes.size());
-  Tensor weight({parts * out_each, in}, DType::kF16), bias({parts * out_each}, DType::kF16);
-  for (int64_t i = 0; i < parts; ++i) {
-    const Tensor part = w.get(prefixes[i] + ".weight", {out_each, in}, DType::kF16);
-    std::memcpy(static_cast<std::byte*>(weight.raw_data()) + i * part.nbytes(), part.raw_data(),
-                part.nbytes());
-    if (has_bias) {
-      const Tensor b = w.get(prefixes[i] + ".bias", {out_each}, DType::kF16);
-      std::memcpy(static_cast<std::byte*>(bias.raw_data()) + i * b.nbytes(), b.raw_data(), b.nbytes());
-    }
-  }
+  const auto parts = static_cast<int64_t>(prefixes.size());
   DLinear l;
   l.in = in;
   l.out = parts * out_each;
-  l.weight = upload_f16(ctx, weight);
-  if (has_bias) l.bias = upload_f16(ctx, bias);
+  l.weight = DeviceBuffer(static_cast<size_t>(l.out * in) * sizeof(__half));
+  if (has_bias) l.bias = DeviceBuffer(static_cast<size_t>(l.out) * sizeof(__half));
+  for (int64_t i = 0; i < parts; ++i) {
+    weight_f16_into(ctx, w, prefixes[i] + ".weight", {out_each, in},
+                    l.weight.as<__half>() + i * out_each * in);
+    if (has_bias)
+      weight_f16_into(ctx, w, prefixes[i] + ".bias", {out_each}, l.bias.as<__half>() + i * out_each);
+  }
   return l;
 }
 
@@ -167,8 +198,8 @@ DLinear DLinear::load_conv1x1(Context& ctx, const WeightSource& w, const std::st
   DLinear l;
   l.in = in;
   l.out = out;
-  l.weight = upload_f16(ctx, w.get(prefix + ".weight", {out, in, 1, 1}, DType::kF16));
-  l.bias = upload_f16(ctx, w.get(prefix + ".bias", {out}, DType::kF16));
+  l.weight = weight_f16(ctx, w, prefix + ".weight", {out, in, 1, 1});
+  l.bias = weight_f16(ctx, w, prefix + ".bias", {out});
   return l;
 }
 
@@ -195,18 +226,12 @@ DConv2d DConv2d::load(Context& ctx, const WeightSource& w, const std::string& pr
   c.stride = stride;
   const int64_t p = padding < 0 ? kernel / 2 : padding;
   c.pad_top = c.pad_bottom = c.pad_left = c.pad_right = p;
-  // torch [out, in, k, k] -> [out, k, k, in]
-  const Tensor src = w.get(prefix + ".weight", {out, in, kernel, kernel}, DType::kF16);
-  Tensor krsc({out, kernel, kernel, in}, DType::kF16);
-  const auto* s = static_cast<const uint16_t*>(src.raw_data());
-  auto* d = static_cast<uint16_t*>(krsc.raw_data());
-  const int64_t kk = kernel * kernel;
-#pragma omp parallel for schedule(static)
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = 0; i < in; ++i)
-      for (int64_t r = 0; r < kk; ++r) d[(o * kk + r) * in + i] = s[(o * in + i) * kk + r];
-  c.weight = upload_f16(ctx, krsc);
-  c.bias = upload_f16(ctx, w.get(prefix + ".bias", {out}, DType::kF16));
+  // torch [out, in, k, k] -> [out, k, k, in], permuted on the GPU
+  const std::string name = prefix + ".weight";
+  const auto src = stored_source(w, name, {out, in, kernel, kernel});
+  c.weight = DeviceBuffer(static_cast<size_t>(src.numel) * sizeof(__half));
+  ctx.uploader().conv_to_ohwi_f16(src, out, in, kernel * kernel, c.weight.as<__half>());
+  c.bias = weight_f16(ctx, w, prefix + ".bias", {out});
   return c;
 }
 
@@ -242,13 +267,13 @@ DGroupNorm DGroupNorm::load(Context& ctx, const WeightSource& w, const std::stri
   g.groups = groups;
   g.channels = channels;
   g.eps = eps;
-  g.gamma = upload_f32(ctx, w.get(prefix + ".weight", {channels}));
-  g.beta = upload_f32(ctx, w.get(prefix + ".bias", {channels}));
+  g.gamma = weight_f32(ctx, w, prefix + ".weight", {channels});
+  g.beta = weight_f32(ctx, w, prefix + ".bias", {channels});
   return g;
 }
 
-Act DGroupNorm::forward(Context& ctx, ActivationPool& pool, const Act& x, bool silu,
-                        const __half* pre_bias) const {
+Act DGroupNorm::forward(Context& ctx, ActivationPool& pool, const Act& x, bool silu, const __half* pre_bias,
+                        int64_t pre_bias_stride) const {
   Act y(pool, x.n, x.h, x.w, x.c);
   OpScope scope(ctx, "group_norm");
   cuda::launch_group_norm(
@@ -261,6 +286,7 @@ Act DGroupNorm::forward(Context& ctx, ActivationPool& pool, const Act& x, bool s
        .spatial = x.h * x.w,
        .channels = x.c,
        .groups = groups,
+       .pre_bias_stride = pre_bias_stride,
        .eps = eps,
        .silu = silu,
        .scratch = ctx.zeroed_scratch(cuda::group_norm_scratch_bytes(x.n, x.h * x.w, x.c, groups))},
@@ -273,8 +299,8 @@ DLayerNorm DLayerNorm::load(Context& ctx, const WeightSource& w, const std::stri
   DLayerNorm l;
   l.dim = dim;
   l.eps = eps;
-  l.gamma = upload_f32(ctx, w.get(prefix + ".weight", {dim}));
-  l.beta = upload_f32(ctx, w.get(prefix + ".bias", {dim}));
+  l.gamma = weight_f32(ctx, w, prefix + ".weight", {dim});
+  l.beta = weight_f32(ctx, w, prefix + ".bias", {dim});
   return l;
 }
 

@@ -99,6 +99,15 @@ class Act {
 DeviceBuffer upload_f16(Context& ctx, const Tensor& host);
 DeviceBuffer upload_f32(Context& ctx, const Tensor& host);
 
+// Weight `name` (shape checked against `expected`, as WeightSource::get) streamed from its stored bytes to
+// the device through the context's uploader, converted to fp16 / fp32 on the GPU. Asynchronous: the engine
+// calls Context::finish_uploads once everything is issued.
+DeviceBuffer weight_f16(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected);
+DeviceBuffer weight_f32(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected);
+// The same into existing device memory (stacked weights).
+void weight_f16_into(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected,
+                     __half* dst);
+
 // torch.nn.Linear with fp16 weight [out, in] and bias [out].
 struct DLinear {
   DeviceBuffer weight, bias;
@@ -134,8 +143,10 @@ struct DGroupNorm {
   float eps = 1e-5f;
   static DGroupNorm load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t groups,
                          int64_t channels, float eps);
-  Act forward(Context& ctx, ActivationPool& pool, const Act& x, bool silu,
-              const __half* pre_bias = nullptr) const;
+  // pre_bias: optional [batch, channels] added before the statistics, batch items pre_bias_stride apart (0:
+  // channels).
+  Act forward(Context& ctx, ActivationPool& pool, const Act& x, bool silu, const __half* pre_bias = nullptr,
+              int64_t pre_bias_stride = 0) const;
 };
 
 // torch.nn.LayerNorm over the channel (last) dimension.

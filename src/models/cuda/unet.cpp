@@ -12,21 +12,44 @@
 namespace sdrt::models::gpu {
 namespace {
 
-// Every cross-attention's k/v projection reads the same context, which does not change during a generation:
-// their weights are stacked into one [Σ 2·dim, context_dim] matrix so that one product per prompt projects
-// them all (CudaUNet::project_context), outside the per-step graph.
-struct ContextProjections {
-  std::vector<Tensor> parts;  // host fp16 [2·dim, context_dim] each, in load order
-  int64_t width = 0, context_dim = 0;
-  int64_t add(const WeightSource& w, const std::vector<std::string>& prefixes, int64_t context_dim_,
-              int64_t dim) {
-    context_dim = context_dim_;
-    const int64_t offset = width;
-    for (const auto& p : prefixes) {
-      parts.push_back(w.get(p + ".weight", {dim, context_dim}, DType::kF16));
-      width += dim;
+// Linears that all read the same input, run as one product: their weights (and biases) stacked along `out`.
+// add() registers a layer and returns where its columns start in the product's output; build() uploads them.
+// Used for every cross-attention's k/v projection (they all read the context, which is fixed for a
+// generation: one product per prompt, CudaUNet::project_context, outside the per-step graph) and for every
+// ResNet's time-embedding projection (one product per step instead of one small launch per ResNet).
+struct LinearStack {
+  struct Part {
+    std::string prefix;
+    int64_t rows;
+  };
+  std::vector<Part> parts;
+  int64_t in = 0, width = 0;
+  bool bias = false;
+  int64_t add(const WeightSource& w, const std::string& prefix, int64_t in_, int64_t rows, bool has_bias) {
+    if (!parts.empty() && (in_ != in || has_bias != bias))
+      throw Error(ErrorKind::kInternal, "unet: stacked linears must share input width and bias");
+    in = in_;
+    bias = has_bias;
+    w.check(prefix + ".weight", {rows, in});
+    if (bias) w.check(prefix + ".bias", {rows});
+    parts.push_back({prefix, rows});
+    width += rows;
+    return width - rows;
+  }
+  DLinear build(Context& ctx, const WeightSource& w) const {
+    DLinear l;
+    l.in = in;
+    l.out = width;
+    if (width == 0) return l;
+    l.weight = DeviceBuffer(static_cast<size_t>(width * in) * sizeof(__half));
+    if (bias) l.bias = DeviceBuffer(static_cast<size_t>(width) * sizeof(__half));
+    int64_t row = 0;
+    for (const auto& part : parts) {
+      weight_f16_into(ctx, w, part.prefix + ".weight", {part.rows, in}, l.weight.as<__half>() + row * in);
+      if (bias) weight_f16_into(ctx, w, part.prefix + ".bias", {part.rows}, l.bias.as<__half>() + row);
+      row += part.rows;
     }
-    return offset;
+    return l;
   }
 };
 
@@ -34,19 +57,20 @@ struct ContextProjections {
 struct ResnetBlock {
   DGroupNorm norm1, norm2;
   DConv2d conv1, conv2;
-  DLinear time_emb_proj;
+  int64_t temb_offset = 0;  // where time_emb_proj's output sits in the stacked time projections
   bool has_shortcut = false;
   DConv2d conv_shortcut;
 
   static ResnetBlock load(Context& ctx, const WeightSource& w, const std::string& p, int64_t in, int64_t out,
-                          int64_t temb, int64_t groups, float eps, double output_scale_factor) {
+                          int64_t temb, int64_t groups, float eps, double output_scale_factor,
+                          LinearStack& time_projections) {
     if (output_scale_factor != 1.0)
       throw Error(ErrorKind::kUnsupported,
                   fmt::format("{}: output_scale_factor {} is not supported on CUDA", p, output_scale_factor));
     ResnetBlock r;
     r.norm1 = DGroupNorm::load(ctx, w, p + ".norm1", groups, in, eps);
     r.conv1 = DConv2d::load(ctx, w, p + ".conv1", in, out, 3);
-    r.time_emb_proj = DLinear::load(ctx, w, p + ".time_emb_proj", temb, out, true);
+    r.temb_offset = time_projections.add(w, p + ".time_emb_proj", temb, out, true);
     r.norm2 = DGroupNorm::load(ctx, w, p + ".norm2", groups, out, eps);
     r.conv2 = DConv2d::load(ctx, w, p + ".conv2", out, out, 3);
     r.has_shortcut = in != out;
@@ -54,12 +78,11 @@ struct ResnetBlock {
     return r;
   }
 
-  // x [B, H, W, in], emb_silu [B, temb] -> [B, H, W, out]
-  Act forward(Context& ctx, ActivationPool& pool, const Act& x, const Act& emb_silu) const {
+  // x [B, H, W, in], time_projections [B, Σ out] (every ResNet's time_emb_proj(silu(emb))) -> [B, H, W, out]
+  Act forward(Context& ctx, ActivationPool& pool, const Act& x, const Act& time_projections) const {
     Act h = conv1.forward(ctx, pool, norm1.forward(ctx, pool, x, /*silu=*/true));  // [B, H, W, out]
-    Act t(pool, x.n, 1, 1, conv1.out);                                             // [B, out]
-    time_emb_proj.forward(ctx, emb_silu.data(), t.data(), x.n);
-    h = norm2.forward(ctx, pool, h, /*silu=*/true, /*pre_bias=*/t.data());
+    h = norm2.forward(ctx, pool, h, /*silu=*/true, /*pre_bias=*/time_projections.data() + temb_offset,
+                      /*pre_bias_stride=*/time_projections.c);
     if (!has_shortcut) return conv2.forward(ctx, pool, h, /*residual=*/x.data());
     Act shortcut = conv_shortcut.forward(ctx, pool, x);
     return conv2.forward(ctx, pool, h, shortcut.data());
@@ -76,14 +99,15 @@ struct Attention {
   int64_t kv_offset = 0;  // cross: where this block's [k | v] columns start in the projected context
 
   static Attention load(Context& ctx, const WeightSource& w, const std::string& p, int64_t dim,
-                        int64_t context_dim, int64_t heads, bool cross, ContextProjections& kv) {
+                        int64_t context_dim, int64_t heads, bool cross, LinearStack& kv) {
     Attention a;
     a.heads = heads;
     a.dim = dim;
     a.cross = cross;
     if (cross) {
       a.qkv = DLinear::load(ctx, w, p + ".to_q", dim, dim, false);
-      a.kv_offset = kv.add(w, {p + ".to_k", p + ".to_v"}, context_dim, dim);
+      a.kv_offset = kv.add(w, p + ".to_k", context_dim, dim, false);
+      kv.add(w, p + ".to_v", context_dim, dim, false);
     } else {
       a.qkv = DLinear::load_stacked(ctx, w, {p + ".to_q", p + ".to_k", p + ".to_v"}, dim, dim, false);
     }
@@ -93,7 +117,7 @@ struct Attention {
 
   // x [B, N, dim] normalised; h [B, N, dim] the residual stream, updated: h += to_out(attention(x, context));
   // context_kv [B, S, W]: every cross-attention's k and v projections of the context (see
-  // ContextProjections).
+  // LinearStack).
   void forward_add(Context& ctx, ActivationPool& pool, const Act& x, const Act& context_kv, Act& h) const {
     const int64_t B = x.n, N = x.h;
     const int64_t head_dim = dim / heads;
@@ -149,7 +173,7 @@ struct TransformerBlock {
   DLinear ff_proj, ff_out;
 
   static TransformerBlock load(Context& ctx, const WeightSource& w, const std::string& p, int64_t dim,
-                               int64_t context_dim, int64_t heads, ContextProjections& kv) {
+                               int64_t context_dim, int64_t heads, LinearStack& kv) {
     TransformerBlock t;
     const int64_t inner = dim * 4;
     t.norm1 = DLayerNorm::load(ctx, w, p + ".norm1", dim, 1e-5f);
@@ -189,7 +213,7 @@ struct Transformer2D {
 
   static Transformer2D load(Context& ctx, const WeightSource& w, const std::string& p, int64_t channels,
                             int64_t heads, int64_t layers, int64_t context_dim, int64_t groups,
-                            bool linear_projection, ContextProjections& kv) {
+                            bool linear_projection, LinearStack& kv) {
     Transformer2D t;
     t.norm = DGroupNorm::load(ctx, w, p + ".norm", groups, channels, 1e-6f);
     const auto projection = [&](const std::string& name) {
@@ -232,7 +256,8 @@ struct CudaUNet::Blocks {
   ResnetBlock mid_resnet0;
   std::vector<Transformer2D> mid_attentions;
   std::vector<ResnetBlock> mid_resnets;
-  DLinear context_kv;  // every cross-attention's [k | v] projection, stacked
+  DLinear context_kv;        // every cross-attention's [k | v] projection, stacked
+  DLinear time_projections;  // every ResNet's time_emb_proj, stacked
 };
 
 CudaUNet::CudaUNet() : blocks_(std::make_unique<Blocks>()) {}
@@ -247,7 +272,7 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
   const auto& c = unet.config_;
   const WeightSource w{store, config_source};
   auto& m = *unet.blocks_;
-  ContextProjections kv;
+  LinearStack kv, time_projections;
 
   const int64_t c0 = c.block_out_channels.front(), temb = c0 * 4, groups = c.norm_num_groups;
   const size_t n = c.block_out_channels.size();
@@ -264,7 +289,8 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
     for (int64_t j = 0; j < c.layers_per_block[i]; ++j) {
       const std::string p = fmt::format("down_blocks.{}", i);
       s.resnets.push_back(ResnetBlock::load(ctx, w, fmt::format("{}.resnets.{}", p, j),
-                                            j == 0 ? in_ch : out_ch, out_ch, temb, groups, c.norm_eps, 1.0));
+                                            j == 0 ? in_ch : out_ch, out_ch, temb, groups, c.norm_eps, 1.0,
+                                            time_projections));
       if (attention)
         s.attentions.push_back(Transformer2D::load(
             ctx, w, fmt::format("{}.attentions.{}", p, j), out_ch, c.num_attention_heads[i],
@@ -283,12 +309,12 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
 
   const int64_t mid_ch = c.block_out_channels.back();
   m.mid_resnet0 = ResnetBlock::load(ctx, w, "mid_block.resnets.0", mid_ch, mid_ch, temb, groups, c.norm_eps,
-                                    c.mid_block_scale_factor);
+                                    c.mid_block_scale_factor, time_projections);
   m.mid_attentions.push_back(Transformer2D::load(
       ctx, w, "mid_block.attentions.0", mid_ch, c.num_attention_heads.back(),
       c.transformer_layers_per_block.back(), c.cross_attention_dim, groups, c.use_linear_projection, kv));
   m.mid_resnets.push_back(ResnetBlock::load(ctx, w, "mid_block.resnets.1", mid_ch, mid_ch, temb, groups,
-                                            c.norm_eps, c.mid_block_scale_factor));
+                                            c.norm_eps, c.mid_block_scale_factor, time_projections));
 
   std::vector<int64_t> reversed_channels(c.block_out_channels.rbegin(), c.block_out_channels.rend());
   out_ch = reversed_channels[0];
@@ -305,7 +331,7 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
       const int64_t resnet_in = (j == 0 ? prev_out : out_ch) + skip_ch;
       const std::string p = fmt::format("up_blocks.{}", i);
       s.resnets.push_back(ResnetBlock::load(ctx, w, fmt::format("{}.resnets.{}", p, j), resnet_in, out_ch,
-                                            temb, groups, c.norm_eps, 1.0));
+                                            temb, groups, c.norm_eps, 1.0, time_projections));
       if (attention)
         s.attentions.push_back(
             Transformer2D::load(ctx, w, fmt::format("{}.attentions.{}", p, j), out_ch,
@@ -320,16 +346,8 @@ CudaUNet CudaUNet::load(Context& ctx, const UNetConfig& config, const io::Weight
 
   m.conv_norm_out = DGroupNorm::load(ctx, w, "conv_norm_out", groups, c0, c.norm_eps);
   m.conv_out = DConv2d::load(ctx, w, "conv_out", c0, c.out_channels, 3);
-  // Stack the cross-attention k/v weights into one matrix.
-  Tensor stacked({kv.width, kv.context_dim}, DType::kF16);
-  size_t at = 0;
-  for (const auto& part : kv.parts) {
-    std::memcpy(static_cast<std::byte*>(stacked.raw_data()) + at, part.raw_data(), part.nbytes());
-    at += part.nbytes();
-  }
-  m.context_kv.in = kv.context_dim;
-  m.context_kv.out = kv.width;
-  if (kv.width > 0) m.context_kv.weight = upload_f16(ctx, stacked);
+  m.context_kv = kv.build(ctx, w);
+  m.time_projections = time_projections.build(ctx, w);
   return unet;
 }
 
@@ -362,6 +380,8 @@ Act CudaUNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, con
   Act emb_silu(pool, B, 1, 1, 4 * c0);
   m.time_linear_2.forward(ctx, emb.data(), emb_silu.data(), B);
   cuda::launch_silu(emb_silu.data(), emb_silu.numel(), stream);
+  Act time_projections(pool, B, 1, 1, m.time_projections.out);  // [B, Σ resnet out]: every time_emb_proj
+  m.time_projections.forward(ctx, emb_silu.data(), time_projections.data(), B);
 
   // Every down-path output is kept as a skip (the UNet reads them back in reverse on the way up).
   std::vector<Act> skips;
@@ -369,17 +389,17 @@ Act CudaUNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, con
   skips.push_back(m.conv_in.forward(ctx, pool, sample));  // [B, h, w, C0]
   for (const auto& stage : m.down) {
     for (size_t j = 0; j < stage.resnets.size(); ++j) {
-      Act y = stage.resnets[j].forward(ctx, pool, skips.back(), emb_silu);
+      Act y = stage.resnets[j].forward(ctx, pool, skips.back(), time_projections);
       if (!stage.attentions.empty()) y = stage.attentions[j].forward(ctx, pool, y, context_kv);
       skips.push_back(std::move(y));
     }
     if (stage.has_sampler) skips.push_back(stage.sampler.forward(ctx, pool, skips.back()));
   }
 
-  Act x = m.mid_resnet0.forward(ctx, pool, skips.back(), emb_silu);
+  Act x = m.mid_resnet0.forward(ctx, pool, skips.back(), time_projections);
   for (size_t j = 0; j < m.mid_attentions.size(); ++j) {
     x = m.mid_attentions[j].forward(ctx, pool, x, context_kv);
-    x = m.mid_resnets[j].forward(ctx, pool, x, emb_silu);
+    x = m.mid_resnets[j].forward(ctx, pool, x, time_projections);
   }
 
   for (const auto& stage : m.up) {
@@ -391,7 +411,7 @@ Act CudaUNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, con
         cuda::launch_concat_channels(x.data(), skip.data(), cat.data(), x.rows(), x.c, skip.c, stream);
       }
       skips.pop_back();
-      x = stage.resnets[j].forward(ctx, pool, cat, emb_silu);
+      x = stage.resnets[j].forward(ctx, pool, cat, time_projections);
       if (!stage.attentions.empty()) x = stage.attentions[j].forward(ctx, pool, x, context_kv);
     }
     if (stage.has_sampler) {
