@@ -16,9 +16,10 @@
 //      for UNet shapes (≤ 10 MiB), so GroupNorm costs about one HBM read + one write.
 // Single pass (sm_90+, the UNet's shapes): a thread-block cluster of K ≤ 8 blocks owns one (batch item,
 // channel slice), the slice being lcm(channels/groups, 8) channels (whole groups, 16-byte vectors); each
-// block loads its 1/K of the rows into shared memory once, and the statistics are exact two-pass (mean, then
-// Σ(x − mean)²), each pass reduced per block in a fixed order and across the cluster through distributed
-// shared memory (ranks summed in order: deterministic). Then the block normalises its rows from shared
+// block loads its 1/K of the rows into shared memory once, summing d = x − K_c and d² per channel (K_c: the
+// channel's first value, a shift that keeps fp32 sums accurate when |mean| ≫ std), reduced per block in a
+// fixed order and across the cluster through distributed shared memory (ranks summed in order:
+// deterministic), combined per group exactly. Then the block normalises its rows from shared
 // memory. One kernel, one read and one write of the tensor, no scratch; used when a block's rows fit in 96
 // KiB (see kClusterMaxTileBytes).
 // Shapes whose channel count does not allow the fixed-channel layout (no block size ≤ 1024 that is a
@@ -384,8 +385,10 @@ struct ClusterGnParams {
 // Shared memory: [rows · slice/8] uint4 tile, then [blockDim · 8] floats of per-thread sums, [parts · slice]
 // floats of per-channel part sums, then 4 arrays of slice/cpg floats (block partials of both passes, the
 // group means and rstds).
+constexpr int kClusterMaxThreads = 512;
+
 template <bool kSilu>
-__global__ void __launch_bounds__(1024) group_norm_cluster_kernel(ClusterGnParams p) {
+__global__ void __launch_bounds__(kClusterMaxThreads) group_norm_cluster_kernel(ClusterGnParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
@@ -407,21 +410,30 @@ __global__ void __launch_bounds__(1024) group_norm_cluster_kernel(ClusterGnParam
 
   uint4* tile = smem_u4;
   const int parts = (row_step + 7) / 8;  // per channel: threads sharing a column, summed 8 at a time
-  float* stage = reinterpret_cast<float*>(tile + static_cast<int64_t>(p.rows) * nv);
-  float* stage2 = stage + T * 8;  // [parts, slice]
-  float* part1 = stage2 + parts * p.slice;
-  float* part2 = part1 + groups;
-  float* s_mean = part2 + groups;
-  float* s_rstd = s_mean + groups;
+  float* stage = reinterpret_cast<float*>(tile + static_cast<int64_t>(p.rows) * nv);  // [T, 2, 8]
+  float* stage2 = stage + T * 16;                                                     // [2, parts, slice]
+  float* part_sum = stage2 + 2 * parts * p.slice;  // [2, slice]: this block's Σd and Σd² per channel
+  float* s_shift = part_sum + 2 * p.slice;         // [slice]
+  float* s_mean = s_shift + p.slice;               // [groups]
+  float* s_rstd = s_mean + groups;                 // [groups]
 
-  float pb[8];
+  float pb[8], shift[8];
+  const __half* x0 = p.x + b * p.spatial * p.channels + c0;  // the batch item's first row
 #pragma unroll
-  for (int e = 0; e < 8; ++e)
+  for (int e = 0; e < 8; ++e) {
     pb[e] = p.pre_bias ? __half2float(p.pre_bias[b * p.pre_bias_stride + c0 + e]) : 0.0f;
+    // Shift K_c = channel c's first value (+ pre_bias), the same in every block: the sums of d = x + pre_bias
+    // − K_c and d² below stay accurate however large |mean| is next to the spread.
+    shift[e] = __half2float(x0[e]) + pb[e];
+  }
+  if (row0 == 0) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) s_shift[vc * 8 + e] = shift[e];
+  }
 
-  // Pass 1: load the rows into shared memory, per-channel sums of x + pre_bias.
+  // Load the rows into shared memory; per-channel Σd and Σd².
   const __half* xb = p.x + (b * p.spatial + r0) * p.channels + c0;
-  float acc[8] = {};
+  float s1[8] = {}, s2[8] = {};
   // kBatch loads are issued before their shared-memory stores: x is a generic pointer the compiler must
   // assume may alias the tile, so one load per store would wait a full memory round trip each.
   constexpr int kBatch = 4;
@@ -440,75 +452,81 @@ __global__ void __launch_bounds__(1024) group_norm_cluster_kernel(ClusterGnParam
       float v[8];
       load_half<8>(reinterpret_cast<const __half*>(&u[q]), v);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[e] += v[e] + pb[e];
+      for (int e = 0; e < 8; ++e) {
+        const float d = v[e] + pb[e] - shift[e];
+        s1[e] += d;
+        s2[e] = fmaf(d, d, s2[e]);
+      }
     }
   }
 
-  const int lane = tid & 31, warp = tid >> 5, nwarps = T >> 5;
-  // Block partial per group, summed in a fixed order: thread sums -> stage, then a warp per group adds its
-  // channels' entries (channel cs of the slice sits in stage[((cs / 8) + k·nv)·8 + cs % 8], k < row_step).
-  auto block_group_sums = [&](const float(&a)[8], float* out) {
+  // Block sums per channel in a fixed order: per-thread sums -> stage; (a) part j adds the threads of rows
+  // j·8 .. j·8 + 7 of a channel's column (channel cs of the slice sits in stage[((cs / 8) + k·nv)] at cs %
+  // 8); (b) the parts in order.
 #pragma unroll
-    for (int e = 0; e < 8; ++e) stage[tid * 8 + e] = a[e];
-    __syncthreads();
-    // (a) per channel and part: part j sums the threads of rows j·8 .. j·8 + 7 of this channel's column
-    for (int i = tid; i < p.slice * parts; i += T) {
-      const int cs = i % p.slice, part = i / p.slice;
-      float sum = 0.0f;
-      for (int k = part * 8; k < min(part * 8 + 8, row_step); ++k)
-        sum += stage[((cs >> 3) + k * nv) * 8 + (cs & 7)];
-      stage2[part * p.slice + cs] = sum;
-    }
-    __syncthreads();
-    // (b) a warp per group adds its channels' parts
-    for (int g = warp; g < groups; g += nwarps) {
-      float sum = 0.0f;
-      for (int j = lane; j < p.cpg * parts; j += 32)
-        sum += stage2[(j / p.cpg) * p.slice + g * p.cpg + j % p.cpg];
-      sum = warp_sum(sum);
-      if (lane == 0) out[g] = sum;
-    }
-  };
-  // Cluster total per group: every block adds the K block partials in rank order.
-  auto cluster_group_sums = [&](float* part, float* out, float scale, bool rstd) {
-    cluster.sync();
-    for (int g = tid; g < groups; g += T) {
-      float s = 0.0f;
-      for (int64_t k = 0; k < K; ++k) s += cluster.map_shared_rank(part, static_cast<unsigned>(k))[g];
-      out[g] = rstd ? 1.0f / sqrtf(s * scale + p.eps) : s * scale;
-    }
-    __syncthreads();
-  };
+  for (int e = 0; e < 8; ++e) {
+    stage[tid * 16 + e] = s1[e];
+    stage[tid * 16 + 8 + e] = s2[e];
+  }
+  __syncthreads();
+  for (int i = tid; i < 2 * p.slice * parts; i += T) {
+    const int cs = i % p.slice, part = (i / p.slice) % parts, which = i / (p.slice * parts);
+    float sum = 0.0f;
+    for (int k = part * 8; k < min(part * 8 + 8, row_step); ++k)
+      sum += stage[((cs >> 3) + k * nv) * 16 + which * 8 + (cs & 7)];
+    stage2[(which * parts + part) * p.slice + cs] = sum;
+  }
+  __syncthreads();
+  for (int i = tid; i < 2 * p.slice; i += T) {
+    const int cs = i % p.slice, which = i / p.slice;
+    float sum = 0.0f;
+    for (int part = 0; part < parts; ++part) sum += stage2[(which * parts + part) * p.slice + cs];
+    part_sum[which * p.slice + cs] = sum;
+  }
 
-  const float inv_n = 1.0f / static_cast<float>(p.spatial * p.cpg);
-  block_group_sums(acc, part1);
-  cluster_group_sums(part1, s_mean, inv_n, false);
-
-  // Pass 2: Σ (x + pre_bias − mean)² from shared memory.
-  float mean[8], sq[8] = {};
+  // Cluster totals per channel (ranks added in order), then per group: with n rows, A_c = Σd, B_c = Σd²,
+  // mean = Σ_c (n·K_c + A_c) / (n·cpg) and Σ(x − mean)² = Σ_c B_c + 2(K_c − mean)·A_c + n·(K_c − mean)².
+  cluster.sync();
+  for (int i = tid; i < 2 * p.slice; i += T) {
+    float sum = 0.0f;
+    for (int64_t k = 0; k < K; ++k) sum += cluster.map_shared_rank(part_sum, static_cast<unsigned>(k))[i];
+    stage2[i] = sum;  // [2, slice] cluster totals (stage2 is free again)
+  }
+  cluster.barrier_arrive();  // done reading the other blocks' partials; wait only before leaving
+  __syncthreads();
+  const int lane = tid & 31, warp = tid >> 5, nwarps = T >> 5;
+  const float n = static_cast<float>(p.spatial);
+  for (int g = warp; g < groups; g += nwarps) {
+    float total = 0.0f;
+    for (int j = lane; j < p.cpg; j += 32) {
+      const int c = g * p.cpg + j;
+      total += n * s_shift[c] + stage2[c];
+    }
+    const float m = warp_sum(total) / (n * static_cast<float>(p.cpg));
+    float m2 = 0.0f;
+    for (int j = lane; j < p.cpg; j += 32) {
+      const int c = g * p.cpg + j;
+      const float dk = s_shift[c] - m;
+      m2 += stage2[p.slice + c] + 2.0f * dk * stage2[c] + n * dk * dk;
+    }
+    m2 = warp_sum(m2);
+    if (lane == 0) {
+      s_mean[g] = m;
+      s_rstd[g] = 1.0f / sqrtf(fmaxf(m2, 0.0f) / (n * static_cast<float>(p.cpg)) + p.eps);
+    }
+  }
+  __syncthreads();
+  float mean[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e) mean[e] = s_mean[(vc * 8 + e) / p.cpg];
-#pragma unroll 4
-  for (int r = row0; r < rows; r += row_step) {
-    float v[8];
-    load_half<8>(reinterpret_cast<const __half*>(&tile[r * nv + vc]), v);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float d = v[e] + pb[e] - mean[e];
-      sq[e] = fmaf(d, d, sq[e]);
-    }
-  }
-  __syncthreads();  // stage is reused
-  block_group_sums(sq, part2);
-  cluster_group_sums(part2, s_rstd, inv_n, true);
 
-  // Normalise: y = x·a + shift with a = rstd·gamma, shift = beta + (pre_bias − mean)·a.
-  float a[8], shift[8];
+  // Normalise: y = x·a + offset with a = rstd·gamma, offset = beta + (pre_bias − mean)·a.
+  float a[8], offset[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     const int64_t c = c0 + e;
     a[e] = s_rstd[(vc * 8 + e) / p.cpg] * (p.gamma ? p.gamma[c] : 1.0f);
-    shift[e] = (p.beta ? p.beta[c] : 0.0f) + (pb[e] - mean[e]) * a[e];
+    offset[e] = (p.beta ? p.beta[c] : 0.0f) + (pb[e] - mean[e]) * a[e];
   }
   __half* yb = p.y + (b * p.spatial + r0) * p.channels + c0;
 #pragma unroll 4
@@ -517,12 +535,12 @@ __global__ void __launch_bounds__(1024) group_norm_cluster_kernel(ClusterGnParam
     load_half<8>(reinterpret_cast<const __half*>(&tile[r * nv + vc]), v);
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      v[e] = fmaf(v[e], a[e], shift[e]);
+      v[e] = fmaf(v[e], a[e], offset[e]);
       if constexpr (kSilu) v[e] = detail::silu(v[e]);
     }
     store_half<8>(yb + static_cast<int64_t>(r) * p.channels, v);
   }
-  cluster.sync();  // no block leaves while another may still read its partials
+  cluster.barrier_wait();  // no block leaves while another may still read its partials
 #endif
 }
 
@@ -553,8 +571,9 @@ std::optional<ClusterGnPlan> plan_cluster_group_norm(const GroupNormArgs& a) {
   const int64_t slice = std::lcm<int64_t>(cpg, 8);
   if (a.channels % slice != 0 || slice > 1024) return std::nullopt;
   const int64_t nv = slice / 8;
-  const int64_t threads = std::lcm<int64_t>(nv, 32) * std::max<int64_t>(1, 512 / std::lcm<int64_t>(nv, 32));
-  if (threads > 1024) return std::nullopt;
+  const int64_t threads =
+      std::lcm<int64_t>(nv, 32) * std::max<int64_t>(1, kClusterMaxThreads / std::lcm<int64_t>(nv, 32));
+  if (threads > kClusterMaxThreads) return std::nullopt;
   auto tile_bytes = [&](int64_t k) { return static_cast<size_t>(ceil_div(a.spatial, k) * slice * 2); };
   // SDRT_GN_CLUSTER=n caps the cluster size (a tuning knob: 1, 2, 4 or 8).
   static const int64_t max_blocks = [] {
@@ -572,8 +591,8 @@ std::optional<ClusterGnPlan> plan_cluster_group_norm(const GroupNormArgs& a) {
   plan.rows = static_cast<int>(ceil_div(a.spatial, k));
   const int64_t groups_in_slice = slice / cpg;
   const int64_t parts = (threads / nv + 7) / 8;
-  plan.smem =
-      tile_bytes(k) + sizeof(float) * static_cast<size_t>(threads * 8 + parts * slice + 4 * groups_in_slice);
+  plan.smem = tile_bytes(k) + sizeof(float) * static_cast<size_t>(threads * 16 + 2 * parts * slice +
+                                                                  3 * slice + 2 * groups_in_slice);
   return plan;
 }
 
