@@ -1,14 +1,18 @@
 // The schedulers against diffusers 0.42.1 (tests/fixtures/schedulers/<kind>.json, made by
-// scripts/make_scheduler_fixtures.py), plus config parsing, names and unsupported settings.
+// scripts/make_scheduler_fixtures.py), plus config parsing, names, unsupported settings, and the step plans a
+// device executes.
 //
 // Each fixture case is diffusers' `Source.from_config(raw)` -> `Target.from_config(source.config)` run over a
 // full loop with a fake model; sdrt builds the same through SchedulerConfig::from_json_text + make_scheduler
 // and must give identical timesteps and every step's output within 1e-5 relative (max |diff| / max |ref|).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -340,6 +344,164 @@ TEST(Scheduler, F16InputsGiveF16Outputs) {
   const Tensor in = s->scale_model_input(x, 0);
   EXPECT_EQ(in.dtype(), DType::kF16);
   EXPECT_EQ(s->step(in, 0, x, rng).dtype(), DType::kF16);
+}
+
+// ---- step plans: executed by the caller ------------------------------------------------------------------
+
+// The scheduler configurations the plan tests run: SD 1.5's and one that turns on the other code paths
+// (PNDM's Runge-Kutta warm-up, DDIM's clipping, third-order DPM-Solver++ with the Heun solver).
+constexpr const char* kOtherPathsConfig = R"({
+  "_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+  "skip_prk_steps": false, "clip_sample": true, "clip_sample_range": 1.5, "solver_order": 3,
+  "solver_type": "heun", "timestep_spacing": "trailing"})";
+
+struct PlanCase {
+  SchedulerKind kind;
+  bool karras;
+  PredictionType prediction;
+  const char* config;
+  std::string name() const {
+    return fmt::format("{}{} {} {}", sampler_display_name(kind, false), karras ? " karras" : "",
+                       prediction == PredictionType::kEpsilon ? "epsilon" : "v_prediction",
+                       config == kSd15 ? "sd15" : "other paths");
+  }
+};
+
+std::vector<PlanCase> plan_cases() {
+  std::vector<PlanCase> cases;
+  for (SchedulerKind kind : {SchedulerKind::kPndm, SchedulerKind::kDdim, SchedulerKind::kEuler,
+                             SchedulerKind::kEulerAncestral, SchedulerKind::kDpmSolverMultistep})
+    for (bool karras : {false, true}) {
+      if (karras && (kind == SchedulerKind::kPndm || kind == SchedulerKind::kDdim)) continue;
+      for (PredictionType prediction : {PredictionType::kEpsilon, PredictionType::kVPrediction})
+        for (const char* config : {kSd15, kOtherPathsConfig})
+          cases.push_back({kind, karras, prediction, config});
+    }
+  return cases;
+}
+
+std::unique_ptr<Scheduler> make_plan_case(const PlanCase& c) {
+  SchedulerConfig config = SchedulerConfig::from_json_text(c.config, "plan case");
+  config.prediction_type = c.prediction;
+  auto s = make_scheduler(c.kind, config, c.karras);
+  s->set_timesteps(10);
+  return s;
+}
+
+// What a device does: owns the state buffers, draws the noise a plan asks for, runs plan_step's plans.
+class CallerOwnedBuffers {
+ public:
+  CallerOwnedBuffers(const Scheduler& s, int64_t n)
+      : n_(n),
+        state_(static_cast<size_t>(s.state_buffer_count()), std::vector<float>(static_cast<size_t>(n))) {}
+
+  Tensor step(Scheduler& s, const Tensor& model_output, size_t i, const Tensor& sample, TorchGenerator& rng) {
+    const StepPlan plan = s.plan_step(i);
+    Tensor noise = plan.needs_noise ? rng.randn(sample.shape()) : Tensor();
+    Tensor out(sample.shape(), DType::kF32);
+    std::vector<float*> buffers(static_cast<size_t>(step_buffer::kFirstState) + state_.size(), nullptr);
+    buffers[step_buffer::kSample] = const_cast<float*>(sample.data<float>());
+    buffers[step_buffer::kModelOutput] = const_cast<float*>(model_output.data<float>());
+    if (plan.needs_noise) buffers[step_buffer::kNoise] = noise.data<float>();
+    buffers[step_buffer::kPrevSample] = out.data<float>();
+    for (size_t k = 0; k < state_.size(); ++k)
+      buffers[static_cast<size_t>(step_buffer::state(static_cast<int>(k)))] = state_[k].data();
+    execute_step_plan(plan, buffers.data(), static_cast<int>(buffers.size()), n_);
+    return out;
+  }
+
+ private:
+  int64_t n_;
+  std::vector<std::vector<float>> state_;
+};
+
+// Executing the plans with buffers the caller owns reproduces step() bit for bit over a whole loop, for every
+// scheduler, Karras sigmas or not, epsilon and v-prediction (what the GPU loop relies on).
+TEST(SchedulerPlan, CallerExecutedPlansReproduceStep) {
+  const Shape shape{1, 4, 9, 37};  // 1332 elements: several of the host executor's blocks and a partial one
+  int checked = 0;
+  for (const PlanCase& c : plan_cases()) {
+    SCOPED_TRACE(c.name());
+    auto by_step = make_plan_case(c);
+    auto by_plan = make_plan_case(c);
+    TorchGenerator rng_step(7), rng_plan(7);
+    Tensor latents_step = rng_step.randn(shape);
+    rng_plan.randn(shape);
+    for (int64_t k = 0; k < latents_step.numel(); ++k)
+      latents_step.data<float>()[k] *= by_step->init_noise_sigma();
+    Tensor latents_plan = latents_step.to(DType::kF32);
+    CallerOwnedBuffers buffers(*by_plan, latents_plan.numel());
+    ASSERT_EQ(by_step->timesteps().size(), by_plan->timesteps().size());
+    for (size_t i = 0; i < by_step->timesteps().size(); ++i) {
+      SCOPED_TRACE(fmt::format("step {}", i));
+      const double t = by_step->timesteps()[i];
+      const Tensor eps_step = fake_model(by_step->scale_model_input(latents_step, i), t);
+      const Tensor input = by_plan->scale_model_input(latents_plan, i);
+      const Tensor eps_plan = fake_model(input, t);
+      latents_step = by_step->step(eps_step, i, latents_step, rng_step);
+      latents_plan = buffers.step(*by_plan, eps_plan, i, latents_plan, rng_plan);
+      ASSERT_EQ(std::memcmp(latents_step.raw_data(), latents_plan.raw_data(), latents_step.nbytes()), 0);
+      bool finite = true;
+      for (int64_t k = 0; k < latents_plan.numel(); ++k)
+        finite = finite && std::isfinite(latents_plan.data<float>()[k]);
+      EXPECT_TRUE(finite);
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 32);
+}
+
+TEST(SchedulerPlan, PlansStayWithinTheDeviceLimits) {
+  for (const PlanCase& c : plan_cases()) {
+    SCOPED_TRACE(c.name());
+    auto s = make_plan_case(c);
+    EXPECT_LE(step_buffer::kFirstState + s->state_buffer_count(), kMaxStepBuffers);
+    for (size_t i = 0; i < s->timesteps().size(); ++i) {
+      const StepPlan plan = s->plan_step(i);
+      EXPECT_EQ(plan.needs_noise, c.kind == SchedulerKind::kEulerAncestral);
+      EXPECT_LE(plan.program.size(), static_cast<size_t>(kMaxStepInstructions));
+      int stores_of_result = 0;
+      for (const StepInstruction& in : plan.program) {
+        EXPECT_LT(in.dst, kMaxStepRegisters);
+        if (in.op == StepOpcode::kStore) {
+          EXPECT_TRUE(in.buffer == step_buffer::kPrevSample || in.buffer >= step_buffer::kFirstState);
+          stores_of_result += in.buffer == step_buffer::kPrevSample;
+        }
+      }
+      EXPECT_EQ(stores_of_result, 1);
+    }
+  }
+}
+
+TEST(SchedulerPlan, ExecutorRoundsEachOperationAndClampsLikeTorch) {
+  // r0 = x; r1 = r0 * 3; r2 = r1 / 7; r3 = r2 - r0; r4 = clamp(r3, 0.5); y = r4
+  StepPlan plan;
+  plan.program = {{StepOpcode::kLoad, 0, 0, 0, step_buffer::kSample, 0.0f},
+                  {StepOpcode::kMulScalar, 1, 0, 0, 0, 3.0f},
+                  {StepOpcode::kDivScalar, 2, 1, 0, 0, 7.0f},
+                  {StepOpcode::kSub, 3, 2, 0, 0, 0.0f},
+                  {StepOpcode::kClamp, 4, 3, 0, 0, 0.5f},
+                  {StepOpcode::kStore, 0, 4, 0, step_buffer::kPrevSample, 0.0f}};
+  std::vector<float> x = {0.1f, -2.0f, 5.0f, std::nanf(""), 1e30f}, y(x.size());
+  std::vector<float*> buffers(4, nullptr);
+  buffers[step_buffer::kSample] = x.data();
+  buffers[step_buffer::kPrevSample] = y.data();
+  execute_step_plan(plan, buffers.data(), static_cast<int>(buffers.size()), static_cast<int64_t>(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float product = x[i] * 3.0f;
+    const float quotient = product / 7.0f;
+    const float v = quotient - x[i];
+    if (std::isnan(x[i])) {
+      EXPECT_TRUE(std::isnan(y[i]));
+    } else {
+      EXPECT_EQ(y[i], std::clamp(v, -0.5f, 0.5f)) << i;
+    }
+  }
+  // A plan naming a buffer the caller did not provide is refused, not run.
+  buffers[step_buffer::kSample] = nullptr;
+  expect_error(ErrorKind::kInternal,
+               [&] { execute_step_plan(plan, buffers.data(), static_cast<int>(buffers.size()), 5); },
+               {"buffer 0"});
 }
 
 // ---- SchedulerConfig::from_json_file ----------------------------------------------------------------------

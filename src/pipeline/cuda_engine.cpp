@@ -9,12 +9,14 @@
 #include <algorithm>
 #include <chrono>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include <nvtx3/nvToolsExt.h>
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/elementwise.cuh"
+#include "backends/cuda/scheduler_step.cuh"
 #include "models/cuda/clip_text.h"
 #include "models/cuda/unet.h"
 #include "models/cuda/vae.h"
@@ -81,25 +83,76 @@ class CudaEngineImpl final : public CudaEngine {
     }
   }
 
-  Tensor predict_noise(const Tensor& latents, double timestep, float cfg_scale) override {
-    const int64_t C = latents.dim(1), h = latents.dim(2), w = latents.dim(3), HW = h * w;
-    const int64_t B = context_shape_.at(0);
+  void begin_sampling(const Tensor& latents, const schedulers::Scheduler& scheduler) override {
+    if (latents.rank() != 4 || latents.dim(0) != 1)
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("CudaEngine: latents of shape {} are not [1, C, h, w]",
+                              shape_to_string(latents.shape())));
+    const int buffer_count = schedulers::step_buffer::kFirstState + scheduler.state_buffer_count();
+    if (buffer_count > schedulers::kMaxStepBuffers)
+      throw Error(ErrorKind::kInternal, fmt::format("CudaEngine: {} scheduler buffers", buffer_count));
+    const Tensor x = latents.to(DType::kF32);
+    ctx_.synchronize();  // the previous loop's buffers may still be in use
+    sampling_buffers_.clear();
+    sampling_buffers_.reserve(static_cast<size_t>(buffer_count));
+    for (int b = 0; b < buffer_count; ++b) {
+      sampling_buffers_.emplace_back(x.nbytes());
+      // Plans write state before reading it; zeros keep anything else deterministic.
+      check(cudaMemsetAsync(sampling_buffers_.back().data(), 0, x.nbytes(), ctx_.stream()), "memset");
+    }
+    if (nonfinite_count_.size() < sizeof(int)) nonfinite_count_ = DeviceBuffer(sizeof(int));
+    sampling_shape_ = x.shape();
+    cuda::upload(ctx_, sampling_buffer(schedulers::step_buffer::kSample), x.raw_data(), x.nbytes());
+  }
+
+  int64_t sampling_step(schedulers::Scheduler& scheduler, size_t step_index, float cfg_scale,
+                        schedulers::TorchGenerator& rng) override {
+    namespace buffer = schedulers::step_buffer;
+    if (sampling_buffers_.empty()) throw Error(ErrorKind::kInternal, "CudaEngine: begin_sampling first");
+    if (context_shape_.empty()) throw Error(ErrorKind::kInternal, "CudaEngine: set_context first");
+    const int64_t C = sampling_shape_[1], h = sampling_shape_[2], w = sampling_shape_[3], HW = h * w;
+    if (unet_.config().out_channels != C)
+      throw Error(ErrorKind::kInvalidArgument,
+                  "CudaEngine: the unet's output channels differ from its input's");
+    const int64_t B = context_shape_[0];
     auto& graph = graph_for(B, h, w);
-    stage_f32(latents);
-    // Both halves of the batch see the same latents.
+    // scale_model_input rides on the fp16 conversion of the UNet input; both halves of the batch see it.
+    const float input_scale = 1.0f / scheduler.model_input_divisor(step_index);
     for (int64_t b = 0; b < B; ++b)
-      cuda::launch_nchw_f32_to_nhwc_f16(staging_.as<float>(), graph.sample().data() + b * HW * C, 1, C, HW,
-                                        1.0f, ctx_.stream());
-    set_timestep(graph, timestep);
+      cuda::launch_nchw_f32_to_nhwc_f16(sampling_buffer(buffer::kSample), graph.sample().data() + b * HW * C,
+                                        1, C, HW, input_scale, ctx_.stream());
+    set_timestep(graph, scheduler.timesteps().at(step_index));
     graph.run(ctx_);
-    DeviceBuffer& out = result_buffer(static_cast<size_t>(C * HW) * sizeof(float));
+    float* model_output = sampling_buffer(buffer::kModelOutput);
     if (B == 2)
-      cuda::launch_guidance_combine(graph.output().data(), out.as<float>(), 1, C, HW, cfg_scale,
-                                    ctx_.stream());
+      cuda::launch_guidance_combine(graph.output().data(), model_output, 1, C, HW, cfg_scale, ctx_.stream());
     else
-      cuda::launch_nhwc_f16_to_nchw_f32(graph.output().data(), out.as<float>(), 1, C, HW, ctx_.stream());
-    Tensor result({1, C, h, w}, DType::kF32);
-    cuda::download(ctx_, result.raw_data(), out.data(), result.nbytes());
+      cuda::launch_nhwc_f16_to_nchw_f32(graph.output().data(), model_output, 1, C, HW, ctx_.stream());
+
+    // Planned (and the noise drawn) while the UNet runs.
+    const schedulers::StepPlan plan = scheduler.plan_step(step_index);
+    if (plan.needs_noise) {
+      const Tensor noise = rng.randn(sampling_shape_);
+      cuda::upload(ctx_, sampling_buffer(buffer::kNoise), noise.raw_data(), noise.nbytes());
+    }
+    std::vector<float*> buffers;
+    for (const DeviceBuffer& b : sampling_buffers_) buffers.push_back(b.as<float>());
+    cuda::launch_step_plan(plan, buffers.data(), static_cast<int>(buffers.size()), C * HW, ctx_.stream());
+    std::swap(sampling_buffers_[buffer::kSample], sampling_buffers_[buffer::kPrevSample]);
+
+    int* count = nonfinite_count_.as<int>();
+    check(cudaMemsetAsync(count, 0, sizeof(int), ctx_.stream()), "memset");
+    cuda::launch_count_nonfinite_f32(sampling_buffer(buffer::kSample), C * HW, count, ctx_.stream());
+    int nonfinite = 0;
+    cuda::download(ctx_, &nonfinite, count, sizeof(int));
+    return nonfinite;
+  }
+
+  Tensor sampling_latents() override {
+    if (sampling_buffers_.empty()) throw Error(ErrorKind::kInternal, "CudaEngine: begin_sampling first");
+    Tensor result(sampling_shape_, DType::kF32);
+    cuda::download(ctx_, result.raw_data(), sampling_buffer(schedulers::step_buffer::kSample),
+                   result.nbytes());
     return result;
   }
 
@@ -216,6 +269,8 @@ class CudaEngineImpl final : public CudaEngine {
     ctx_.synchronize();  // `f` is a temporary
   }
 
+  float* sampling_buffer(int id) { return sampling_buffers_.at(static_cast<size_t>(id)).as<float>(); }
+
   DeviceBuffer& result_buffer(size_t bytes) {
     if (result_.size() < bytes) {
       ctx_.synchronize();
@@ -271,6 +326,10 @@ class CudaEngineImpl final : public CudaEngine {
   std::optional<models::gpu::UNetGraph> graph_;
   std::vector<int64_t> graph_key_;
   DeviceBuffer staging_, result_;
+  // The device-resident denoising loop: the plan's buffers indexed by schedulers::step_buffer id.
+  std::vector<DeviceBuffer> sampling_buffers_;
+  Shape sampling_shape_;
+  DeviceBuffer nonfinite_count_;
 };
 
 }  // namespace

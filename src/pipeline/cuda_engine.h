@@ -10,6 +10,7 @@
 #include "models/clip_text.h"
 #include "models/unet.h"
 #include "models/vae.h"
+#include "schedulers/scheduler.h"
 #include "sdrt/tensor.h"
 
 namespace sdrt::io {
@@ -43,15 +44,29 @@ class CudaEngine {
   virtual Tensor encode_text(const Tensor& embeddings) = 0;
   // Sets the prompt embeddings for the following steps: context [B, S, D] (B = 2: unconditional first).
   virtual void set_context(const Tensor& context) = 0;
-  // One UNet evaluation on [uncond; cond] with guidance combined on the GPU: latents [1, C, h, w] (already
-  // scaled for the scheduler) -> noise prediction [1, C, h, w], fp32.
-  virtual Tensor predict_noise(const Tensor& latents, double timestep, float cfg_scale) = 0;
+
+  // ---- the denoising loop with the latents on the GPU ----
+  // The latents, the guided noise prediction and the scheduler's state buffers stay on the device; each step
+  // sends the timestep and the scheduler's step plan, plus for ancestral schedulers the noise the host
+  // generator draws (so that it stays torch's), and reads back one count.
+  //
+  // Uploads the initial latents [1, C, h, w] for a loop of `scheduler` (after its set_timesteps).
+  virtual void begin_sampling(const Tensor& latents, const schedulers::Scheduler& scheduler) = 0;
+  // Step `step_index` of that loop: the UNet on latents / scheduler.model_input_divisor(step_index) with the
+  // context of set_context, guidance with `cfg_scale` when the context holds [uncond; cond], then
+  // scheduler.plan_step(step_index) run on the device (noise from `rng` when the plan asks). Returns how many
+  // values of the new latents are NaN or infinite.
+  virtual int64_t sampling_step(schedulers::Scheduler& scheduler, size_t step_index, float cfg_scale,
+                                schedulers::TorchGenerator& rng) = 0;
+  // The current latents [1, C, h, w] fp32 (a download).
+  virtual Tensor sampling_latents() = 0;
+
   // The raw UNet on a batch: sample [B, C, h, w] fp32, context [B, S, D] -> [B, C, h, w] fp32 (parity tests).
   virtual Tensor unet_forward(const Tensor& sample, double timestep, const Tensor& context) = 0;
   // Latents already divided by scaling_factor [1, L, h, w] -> image [1, 3, H, W] fp32 in [-1, 1].
   virtual Tensor decode(const Tensor& z) = 0;
   // Median milliseconds of one UNet step (graph replay) over `iterations`, after warm-up, on the shape of the
-  // last set_context/predict_noise call; and of one VAE decode of latents [1, L, h, w].
+  // last set_context/sampling_step call; and of one VAE decode of latents [1, L, h, w].
   virtual double time_unet_step_ms(int64_t batch, int64_t height, int64_t width, int iterations) = 0;
   virtual double time_vae_decode_ms(int64_t height, int64_t width, int iterations) = 0;
   // GPU milliseconds per op family ("conv", "gemm", "attention", "group_norm", ...) of one eager UNet step

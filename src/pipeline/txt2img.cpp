@@ -155,17 +155,29 @@ Tensor Model::denoise(Sampling& sampling, const Tensor& context, double cfg_scal
   const auto& timesteps = s.scheduler->timesteps();
   const int total = static_cast<int>(timesteps.size());
   const float g = static_cast<float>(cfg_scale);
-  if (m.cuda) m.cuda->set_context(context);
+  if (m.cuda) {
+    // UNet (a CUDA graph replay), guidance and the scheduler's step all on the GPU: the latents stay there
+    // and come back when the loop ends, or stops.
+    m.cuda->set_context(context);
+    m.cuda->begin_sampling(s.latents, *s.scheduler);
+    for (size_t i = 0; i < timesteps.size(); ++i) {
+      const int64_t nonfinite = m.cuda->sampling_step(*s.scheduler, i, g, s.generator);
+      if (nonfinite > 0) {
+        s.latents = m.cuda->sampling_latents();
+        const std::string what = fmt::format("latents after step {}", i + 1);
+        check_finite(s.latents, what);  // names the first bad value
+        throw Error(ErrorKind::kModel, fmt::format("{} contain NaN or Inf", what));
+      }
+      if (on_step && !on_step(static_cast<int>(i) + 1, total)) {
+        s.latents = m.cuda->sampling_latents();
+        throw Error(ErrorKind::kCancelled, fmt::format("cancelled after step {} of {}", i + 1, total));
+      }
+    }
+    s.latents = m.cuda->sampling_latents();
+    return s.latents;
+  }
   for (size_t i = 0; i < timesteps.size(); ++i) {
     const Tensor scaled = s.scheduler->scale_model_input(s.latents, i);  // [1, C, h, w]
-    if (m.cuda) {  // UNet step (a CUDA graph replay) and guidance on the GPU, scheduler on the host
-      const Tensor noise_pred = m.cuda->predict_noise(scaled, timesteps[i], g);
-      s.latents = s.scheduler->step(noise_pred, i, s.latents, s.generator);
-      check_finite(s.latents, fmt::format("latents after step {}", i + 1));
-      if (on_step && !on_step(static_cast<int>(i) + 1, total))
-        throw Error(ErrorKind::kCancelled, fmt::format("cancelled after step {} of {}", i + 1, total));
-      continue;
-    }
     Tensor input = scaled;
     if (guidance) {  // [uncond; cond] share the same latents
       input = Tensor({2, scaled.dim(1), scaled.dim(2), scaled.dim(3)}, DType::kF32);

@@ -1,11 +1,10 @@
-// DDIMScheduler (diffusers scheduling_ddim.py) with eta = 0: the deterministic DDIM update.
-//
-// All per-element math is float32, as diffusers does it on float32 tensors and 0-d float32 coefficients.
+// DDIMScheduler (diffusers scheduling_ddim.py) with eta = 0: the deterministic DDIM update, as a step plan.
 #include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
 
+#include "schedulers/plan_builder.h"
 #include "schedulers/scheduler_impl.h"
 #include "sdrt/error.h"
 
@@ -48,15 +47,13 @@ class DdimScheduler final : public Scheduler {
 
   const std::vector<double>& timesteps() const override { return timesteps_; }
   float init_noise_sigma() const override { return 1.0f; }
-  Tensor scale_model_input(const Tensor& sample, size_t) const override { return sample.to(sample.dtype()); }
+  const char* name() const override { return "DDIM"; }
+  float model_input_divisor(size_t) const override { return 1.0f; }
+  int state_buffer_count() const override { return 0; }
 
   // Mirrors DDIMScheduler.step with eta = 0 and use_clipped_model_output = False.
-  Tensor step(const Tensor& model_output_in, size_t step_index, const Tensor& sample_in,
-              TorchGenerator&) override {
-    check_step_index(step_index, timesteps_.size(), "DDIM");
-    check_same_shape(model_output_in, sample_in, "DDIM");
-    const Tensor model_output = to_f32(model_output_in);
-    const Tensor sample = to_f32(sample_in);
+  StepPlan plan_step(size_t step_index) override {
+    check_step_index(step_index, timesteps_.size(), name());
     const auto timestep = static_cast<int64_t>(timesteps_[step_index]);
     const int64_t prev_timestep = timestep - o_.betas.num_train_timesteps / n_;
 
@@ -72,43 +69,29 @@ class DdimScheduler final : public Scheduler {
     const float std_dev = 0.0f * std::sqrt(variance);
     const float direction_coeff = std::sqrt(1.0f - alpha_prev - std_dev * std_dev);
     const float sqrt_alpha_prev = std::sqrt(alpha_prev);
-    const float clip = static_cast<float>(o_.clip_sample_range);
 
-    Tensor out(sample.shape(), DType::kF32);
-    const float* mo = model_output.data<float>();
-    const float* x = sample.data<float>();
-    float* o = out.data<float>();
-    for (int64_t i = 0; i < out.numel(); ++i) {
-      float x0 = 0.0f, eps = 0.0f;
-      switch (o_.prediction_type) {
-        case PredictionType::kEpsilon: {
-          const float b = sqrt_beta_t * mo[i];
-          x0 = (x[i] - b) / sqrt_alpha_t;
-          eps = mo[i];
-          break;
-        }
-        case PredictionType::kSample: {
-          x0 = mo[i];
-          const float a = sqrt_alpha_t * x0;
-          eps = (x[i] - a) / sqrt_beta_t;
-          break;
-        }
-        case PredictionType::kVPrediction: {
-          const float a = sqrt_alpha_t * x[i];
-          const float b = sqrt_beta_t * mo[i];
-          x0 = a - b;
-          const float c = sqrt_alpha_t * mo[i];
-          const float d = sqrt_beta_t * x[i];
-          eps = c + d;
-          break;
-        }
-      }
-      if (o_.clip_sample) x0 = std::clamp(x0, -clip, clip);
-      const float direction = direction_coeff * eps;
-      const float scaled_x0 = sqrt_alpha_prev * x0;
-      o[i] = scaled_x0 + direction;
+    PlanBuilder plan;
+    const PlanValue x = plan.load(step_buffer::kSample);
+    const PlanValue model_output = plan.load(step_buffer::kModelOutput);
+    PlanValue x0, eps;
+    switch (o_.prediction_type) {
+      case PredictionType::kEpsilon:
+        x0 = (x - sqrt_beta_t * model_output) / sqrt_alpha_t;
+        eps = model_output;
+        break;
+      case PredictionType::kSample:
+        x0 = model_output;
+        eps = (x - sqrt_alpha_t * x0) / sqrt_beta_t;  // from the unclipped x0, as diffusers
+        break;
+      case PredictionType::kVPrediction:
+        x0 = sqrt_alpha_t * x - sqrt_beta_t * model_output;
+        eps = sqrt_alpha_t * model_output + sqrt_beta_t * x;
+        break;
     }
-    return cast_like(std::move(out), model_output_in);
+    if (o_.clip_sample) x0 = clamp(x0, static_cast<float>(o_.clip_sample_range));
+    const PlanValue direction = direction_coeff * eps;
+    plan.store(sqrt_alpha_prev * x0 + direction, step_buffer::kPrevSample);
+    return plan.finish();
   }
 
  private:

@@ -4,12 +4,13 @@
 //
 // The schedule is float64 numpy arithmetic stored as float32 sigmas and int64 timesteps; the update
 // coefficients are float32 0-d tensor math (log/exp are the C library's float versions, within an ulp of the
-// MKL/SLEEF kernels torch uses), and per-element math is float32.
+// MKL/SLEEF kernels torch uses), and the step itself is a plan (step_plan.h).
 #include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
 
+#include "schedulers/plan_builder.h"
 #include "schedulers/scheduler_impl.h"
 #include "sdrt/error.h"
 
@@ -86,7 +87,7 @@ class DpmSolverScheduler final : public Scheduler {
     timesteps_.clear();
     for (double t : ts)
       timesteps_.push_back(static_cast<double>(static_cast<int64_t>(t)));  // .to(torch.int64)
-    model_outputs_.assign(static_cast<size_t>(o_.solver_order), {});
+    model_output_pushes_ = 0;
     lower_order_nums_ = 0;
     steps_taken_ = 0;
   }
@@ -94,13 +95,14 @@ class DpmSolverScheduler final : public Scheduler {
   const std::vector<double>& timesteps() const override { return timesteps_; }
   const std::vector<float>& sigmas() const override { return sigmas_; }
   float init_noise_sigma() const override { return 1.0f; }
-  Tensor scale_model_input(const Tensor& sample, size_t) const override { return sample.to(sample.dtype()); }
+  const char* name() const override { return "DPM++"; }
+  float model_input_divisor(size_t) const override { return 1.0f; }
+  // diffusers' model_outputs: the last solver_order data predictions, a ring.
+  int state_buffer_count() const override { return o_.solver_order; }
 
   // Mirrors DPMSolverMultistepScheduler.step.
-  Tensor step(const Tensor& model_output_in, size_t step_index, const Tensor& sample_in,
-              TorchGenerator&) override {
-    check_step_index(step_index, timesteps_.size(), "DPM++");
-    check_same_shape(model_output_in, sample_in, "DPM++");
+  StepPlan plan_step(size_t step_index) override {
+    check_step_index(step_index, timesteps_.size(), name());
     if (step_index != steps_taken_)
       throw Error(
           ErrorKind::kInvalidArgument,
@@ -111,25 +113,25 @@ class DpmSolverScheduler final : public Scheduler {
         step_index == count - 1 && (o_.euler_at_final || (o_.lower_order_final && count < 15) || final_zero);
     const bool lower_order_second = step_index + 2 == count && o_.lower_order_final && count < 15;
 
-    const Tensor sample = to_f32(sample_in);
-    std::vector<float> x0 = convert_model_output(to_f32(model_output_in), sample, step_index);
-    std::rotate(model_outputs_.begin(), model_outputs_.begin() + 1, model_outputs_.end());
-    model_outputs_.back() = std::move(x0);
-
-    Tensor out(sample.shape(), DType::kF32);
-    const float* x = sample.data<float>();
-    float* o = out.data<float>();
+    PlanBuilder plan;
+    const PlanValue x = plan.load(step_buffer::kSample);
+    // model_outputs.append(convert_model_output(...)), dropping the oldest.
+    plan.store(convert_model_output(plan.load(step_buffer::kModelOutput), x, step_index),
+               model_output_slot(model_output_pushes_));
+    ++model_output_pushes_;
     const int order = o_.solver_order;
+    PlanValue prev;
     if (order == 1 || lower_order_nums_ < 1 || lower_order_final) {
-      first_order_update(x, step_index, o, out.numel());
+      prev = first_order_update(plan, x, step_index);
     } else if (order == 2 || lower_order_nums_ < 2 || lower_order_second) {
-      second_order_update(x, step_index, o, out.numel());
+      prev = second_order_update(plan, x, step_index);
     } else {
-      third_order_update(x, step_index, o, out.numel());
+      prev = third_order_update(plan, x, step_index);
     }
+    plan.store(prev, step_buffer::kPrevSample);
     if (lower_order_nums_ < order) ++lower_order_nums_;
     ++steps_taken_;
-    return cast_like(std::move(out), model_output_in);
+    return plan.finish();
   }
 
  private:
@@ -148,55 +150,44 @@ class DpmSolverScheduler final : public Scheduler {
     return count;
   }
 
+  int model_output_slot(size_t push) const {
+    return step_buffer::state(static_cast<int>(push % static_cast<size_t>(o_.solver_order)));
+  }
+  // model_outputs[-1 - back] once this step's data prediction is in (back = 0 is the newest).
+  PlanValue data_prediction(PlanBuilder& plan, size_t back) const {
+    return plan.load(model_output_slot(model_output_pushes_ - 1 - back));
+  }
+
   // Mirrors convert_model_output for dpmsolver++: the data prediction x0.
-  std::vector<float> convert_model_output(const Tensor& model_output, const Tensor& sample, size_t i) const {
+  PlanValue convert_model_output(PlanValue model_output, PlanValue x, size_t i) const {
     const AlphaSigma s = alpha_sigma_of(sigmas_[i]);
-    const float* mo = model_output.data<float>();
-    const float* x = sample.data<float>();
-    std::vector<float> x0(static_cast<size_t>(sample.numel()));
-    for (size_t k = 0; k < x0.size(); ++k) {
-      switch (o_.prediction_type) {
-        case PredictionType::kEpsilon: {
-          const float noise = s.sigma * mo[k];
-          x0[k] = (x[k] - noise) / s.alpha;
-          break;
-        }
-        case PredictionType::kSample:
-          x0[k] = mo[k];
-          break;
-        case PredictionType::kVPrediction: {
-          const float a = s.alpha * x[k];
-          const float b = s.sigma * mo[k];
-          x0[k] = a - b;
-          break;
-        }
-      }
+    switch (o_.prediction_type) {
+      case PredictionType::kEpsilon:
+        return (x - s.sigma * model_output) / s.alpha;
+      case PredictionType::kVPrediction:
+        return s.alpha * x - s.sigma * model_output;
+      case PredictionType::kSample:
+        break;
     }
-    return x0;
+    return model_output;
   }
 
   // Mirrors dpm_solver_first_order_update (dpmsolver++).
-  void first_order_update(const float* x, size_t i, float* out, int64_t n) const {
+  PlanValue first_order_update(PlanBuilder& plan, PlanValue x, size_t i) const {
     const AlphaSigma t = alpha_sigma_of(sigmas_[i + 1]);
     const AlphaSigma s = alpha_sigma_of(sigmas_[i]);
     const float h = t.lambda - s.lambda;
     const float c_sample = t.sigma / s.sigma;
     const float c_d0 = t.alpha * (std::exp(-h) - 1.0f);
-    const std::vector<float>& d0 = model_outputs_.back();
-    for (int64_t k = 0; k < n; ++k) {
-      const float a = c_sample * x[k];
-      const float b = c_d0 * d0[static_cast<size_t>(k)];
-      out[k] = a - b;
-    }
+    return c_sample * x - c_d0 * data_prediction(plan, 0);
   }
 
   // Mirrors multistep_dpm_solver_second_order_update (dpmsolver++, midpoint or heun).
-  void second_order_update(const float* x, size_t i, float* out, int64_t n) const {
+  PlanValue second_order_update(PlanBuilder& plan, PlanValue x, size_t i) const {
     const AlphaSigma t = alpha_sigma_of(sigmas_[i + 1]);
     const AlphaSigma s0 = alpha_sigma_of(sigmas_[i]);
     const AlphaSigma s1 = alpha_sigma_of(sigmas_[i - 1]);
-    const std::vector<float>& m0 = model_outputs_[model_outputs_.size() - 1];
-    const std::vector<float>& m1 = model_outputs_[model_outputs_.size() - 2];
+    const PlanValue m0 = data_prediction(plan, 0), m1 = data_prediction(plan, 1);
     const float h = t.lambda - s0.lambda;
     const float h0 = s0.lambda - s1.lambda;
     const float r0 = h0 / h;
@@ -211,27 +202,19 @@ class DpmSolverScheduler final : public Scheduler {
     } else {
       c_d1 = 0.5f * c_d0;
     }
-    for (int64_t k = 0; k < n; ++k) {
-      const auto j = static_cast<size_t>(k);
-      const float d1 = inv_r0 * (m0[j] - m1[j]);
-      const float a = c_sample * x[k];
-      const float b = c_d0 * m0[j];
-      const float c = c_d1 * d1;
-      const float ab = a - b;
-      out[k] = o_.heun ? ab + c : ab - c;
-    }
+    const PlanValue d1 = inv_r0 * (m0 - m1);
+    const PlanValue ab = c_sample * x - c_d0 * m0;
+    return o_.heun ? ab + c_d1 * d1 : ab - c_d1 * d1;
   }
 
   // Mirrors multistep_dpm_solver_third_order_update (dpmsolver++).
-  void third_order_update(const float* x, size_t i, float* out, int64_t n) const {
+  PlanValue third_order_update(PlanBuilder& plan, PlanValue x, size_t i) const {
     const AlphaSigma t = alpha_sigma_of(sigmas_[i + 1]);
     const AlphaSigma s0 = alpha_sigma_of(sigmas_[i]);
     const AlphaSigma s1 = alpha_sigma_of(sigmas_[i - 1]);
     const AlphaSigma s2 = alpha_sigma_of(sigmas_[i - 2]);
-    const size_t m = model_outputs_.size();
-    const std::vector<float>& m0 = model_outputs_[m - 1];
-    const std::vector<float>& m1 = model_outputs_[m - 2];
-    const std::vector<float>& m2 = model_outputs_[m - 3];
+    const PlanValue m0 = data_prediction(plan, 0), m1 = data_prediction(plan, 1),
+                    m2 = data_prediction(plan, 2);
     const float h = t.lambda - s0.lambda;
     const float h0 = s0.lambda - s1.lambda;
     const float h1 = s1.lambda - s2.lambda;
@@ -248,22 +231,14 @@ class DpmSolverScheduler final : public Scheduler {
     const float c_d1 = t.alpha * (expm / h + 1.0f);
     const float h_sq = h * h;
     const float c_d2 = t.alpha * ((expm + h) / h_sq - 0.5f);
-    for (int64_t k = 0; k < n; ++k) {
-      const auto j = static_cast<size_t>(k);
-      const float d1_0 = inv_r0 * (m0[j] - m1[j]);
-      const float d1_1 = inv_r1 * (m1[j] - m2[j]);
-      const float diff = d1_0 - d1_1;
-      const float correction = w1 * diff;
-      const float d1 = d1_0 + correction;
-      const float d2 = inv_r_sum * diff;
-      const float a = c_sample * x[k];
-      const float b = c_d0 * m0[j];
-      const float c = c_d1 * d1;
-      const float d = c_d2 * d2;
-      const float ab = a - b;
-      const float abc = ab + c;
-      out[k] = abc - d;
-    }
+    const PlanValue d1_0 = inv_r0 * (m0 - m1);
+    const PlanValue d1_1 = inv_r1 * (m1 - m2);
+    const PlanValue diff = d1_0 - d1_1;
+    const PlanValue d1 = d1_0 + w1 * diff;
+    const PlanValue d2 = inv_r_sum * diff;
+    const PlanValue ab = c_sample * x - c_d0 * m0;
+    const PlanValue abc = ab + c_d1 * d1;
+    return abc - c_d2 * d2;
   }
 
   DpmSolverOptions o_;
@@ -272,8 +247,8 @@ class DpmSolverScheduler final : public Scheduler {
   std::vector<float> log_sigmas_;
   std::vector<float> sigmas_;
   std::vector<double> timesteps_;
-  // Runner state (diffusers' model_outputs and lower_order_nums).
-  std::vector<std::vector<float>> model_outputs_;
+  // Runner state: diffusers' lower_order_nums; model_outputs lives in the state buffers.
+  size_t model_output_pushes_ = 0;  // the ring slot of the next data prediction
   int lower_order_nums_ = 0;
   size_t steps_taken_ = 0;
 };

@@ -2,7 +2,7 @@
 // scheduling_euler_ancestral_discrete.py), which share their sigma schedule.
 //
 // The schedule is built in float64 numpy arithmetic from the float32 training sigmas, then stored as float32;
-// per-element step math is float32 with 0-d float32 coefficients, as in diffusers.
+// the step's scalars are float32 as diffusers' 0-d tensors are, and the step itself a plan (step_plan.h).
 //
 // Karras sigmas for Euler a are an sdrt extension: diffusers' EulerAncestralDiscreteScheduler has no
 // use_karras_sigmas, so Euler a Karras takes EulerDiscreteScheduler's Karras sigmas and timesteps and steps
@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "schedulers/plan_builder.h"
 #include "schedulers/scheduler_impl.h"
 #include "sdrt/error.h"
 
@@ -87,45 +88,33 @@ class EulerBase : public Scheduler {
     return std::sqrt(sq + 1.0f);
   }
 
+  const char* name() const override { return name_; }
+  int state_buffer_count() const override { return 0; }
+
   // Mirrors scale_model_input: sample / (sigma**2 + 1) ** 0.5.
-  Tensor scale_model_input(const Tensor& sample_in, size_t step_index) const override {
+  float model_input_divisor(size_t step_index) const override {
     check_step_index(step_index, timesteps_.size(), name_);
-    const Tensor sample = to_f32(sample_in);
     const float sigma = sigmas_[step_index];
     const float sq = sigma * sigma;
-    const float scale = std::sqrt(sq + 1.0f);
-    Tensor out(sample.shape(), DType::kF32);
-    const float* x = sample.data<float>();
-    float* o = out.data<float>();
-    for (int64_t i = 0; i < out.numel(); ++i) o[i] = x[i] / scale;
-    return cast_like(std::move(out), sample_in);
+    return std::sqrt(sq + 1.0f);
   }
 
  protected:
   // The denoised estimate for prediction types epsilon and v_prediction (and sample for Euler).
-  void predict_original(const float* mo, const float* x, float sigma, int64_t n, float* pred) const {
+  PlanValue predict_original(PlanValue model_output, PlanValue x, float sigma) const {
     switch (o_.prediction_type) {
       case PredictionType::kEpsilon:
-        for (int64_t i = 0; i < n; ++i) {
-          const float scaled = sigma * mo[i];
-          pred[i] = x[i] - scaled;
-        }
-        break;
+        return x - sigma * model_output;
       case PredictionType::kVPrediction: {
         const float sq = sigma * sigma;
         const float sq1 = sq + 1.0f;
         const float c_out = -sigma / std::sqrt(sq1);
-        for (int64_t i = 0; i < n; ++i) {
-          const float a = mo[i] * c_out;
-          const float b = x[i] / sq1;
-          pred[i] = a + b;
-        }
-        break;
+        return model_output * c_out + x / sq1;
       }
       case PredictionType::kSample:
-        std::copy(mo, mo + n, pred);
         break;
     }
+    return model_output;
   }
 
   EulerOptions o_;
@@ -142,27 +131,17 @@ class EulerScheduler final : public EulerBase {
   explicit EulerScheduler(const EulerOptions& o) : EulerBase(o, "Euler") {}
 
   // Mirrors EulerDiscreteScheduler.step with s_churn = 0 (so sigma_hat = sigma and no noise is drawn).
-  Tensor step(const Tensor& model_output_in, size_t step_index, const Tensor& sample_in,
-              TorchGenerator&) override {
+  StepPlan plan_step(size_t step_index) override {
     check_step_index(step_index, timesteps_.size(), name_);
-    check_same_shape(model_output_in, sample_in, name_);
-    const Tensor model_output = to_f32(model_output_in);
-    const Tensor sample = to_f32(sample_in);
     const float sigma = sigmas_[step_index];
     const float sigma_hat = sigma * 1.0f;  // sigma * (gamma + 1) with gamma = 0
     const float dt = sigmas_[step_index + 1] - sigma_hat;
-    const int64_t n = sample.numel();
-    std::vector<float> pred(static_cast<size_t>(n));
-    const float* x = sample.data<float>();
-    predict_original(model_output.data<float>(), x, sigma_hat, n, pred.data());
-    Tensor out(sample.shape(), DType::kF32);
-    float* o = out.data<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      const float derivative = (x[i] - pred[static_cast<size_t>(i)]) / sigma_hat;
-      const float delta = derivative * dt;
-      o[i] = x[i] + delta;
-    }
-    return cast_like(std::move(out), model_output_in);
+    PlanBuilder plan;
+    const PlanValue x = plan.load(step_buffer::kSample);
+    const PlanValue pred = predict_original(plan.load(step_buffer::kModelOutput), x, sigma_hat);
+    const PlanValue derivative = (x - pred) / sigma_hat;
+    plan.store(x + derivative * dt, step_buffer::kPrevSample);
+    return plan.finish();
   }
 };
 
@@ -172,12 +151,8 @@ class EulerAncestralScheduler final : public EulerBase {
 
   // Mirrors EulerAncestralDiscreteScheduler.step: a deterministic step down to sigma_down, then fresh noise
   // of scale sigma_up drawn from the generator exactly as randn_tensor(model_output.shape) draws it.
-  Tensor step(const Tensor& model_output_in, size_t step_index, const Tensor& sample_in,
-              TorchGenerator& rng) override {
+  StepPlan plan_step(size_t step_index) override {
     check_step_index(step_index, timesteps_.size(), name_);
-    check_same_shape(model_output_in, sample_in, name_);
-    const Tensor model_output = to_f32(model_output_in);
-    const Tensor sample = to_f32(sample_in);
     const float sigma = sigmas_[step_index];
     const float sigma_to = sigmas_[step_index + 1];
     const float from_sq = sigma * sigma;
@@ -188,22 +163,14 @@ class EulerAncestralScheduler final : public EulerBase {
     const float sigma_down = std::sqrt(to_sq - up_sq_rounded);
     const float dt = sigma_down - sigma;
 
-    const int64_t n = sample.numel();
-    std::vector<float> pred(static_cast<size_t>(n));
-    const float* x = sample.data<float>();
-    predict_original(model_output.data<float>(), x, sigma, n, pred.data());
-    const Tensor noise = rng.randn(model_output.shape());
-    const float* z = noise.data<float>();
-    Tensor out(sample.shape(), DType::kF32);
-    float* o = out.data<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      const float derivative = (x[i] - pred[static_cast<size_t>(i)]) / sigma;
-      const float delta = derivative * dt;
-      const float prev = x[i] + delta;
-      const float added = z[i] * sigma_up;
-      o[i] = prev + added;
-    }
-    return cast_like(std::move(out), model_output_in);
+    PlanBuilder plan;
+    plan.set_needs_noise();  // drawn even when sigma_up is 0, as diffusers draws it
+    const PlanValue x = plan.load(step_buffer::kSample);
+    const PlanValue pred = predict_original(plan.load(step_buffer::kModelOutput), x, sigma);
+    const PlanValue derivative = (x - pred) / sigma;
+    const PlanValue prev = x + derivative * dt;
+    plan.store(prev + plan.load(step_buffer::kNoise) * sigma_up, step_buffer::kPrevSample);
+    return plan.finish();
   }
 };
 

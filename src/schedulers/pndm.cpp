@@ -1,13 +1,13 @@
 // PNDMScheduler (diffusers scheduling_pndm.py): pseudo linear multi-step (PLMS) steps, optionally preceded by
 // the Runge-Kutta (PRK) warm-up of the PNDM paper when skip_prk_steps is false.
 //
-// All per-element math is float32, as diffusers does it on float32 tensors and 0-d float32 coefficients.
+// The step's scalars are float32 as diffusers' 0-d tensors are; the step itself is a plan (step_plan.h).
 #include <algorithm>
 #include <cmath>
-#include <optional>
 
 #include <fmt/format.h>
 
+#include "schedulers/plan_builder.h"
 #include "schedulers/scheduler_impl.h"
 #include "sdrt/error.h"
 
@@ -81,159 +81,129 @@ class PndmScheduler final : public Scheduler {
     timesteps_.clear();
     for (int64_t t : prk_timesteps_) timesteps_.push_back(static_cast<double>(t));
     for (int64_t t : plms) timesteps_.push_back(static_cast<double>(t));
-    ets_.clear();
+    ets_size_ = 0;
+    ets_pushes_ = 0;
     counter_ = 0;
-    cur_model_output_.reset();
-    cur_sample_.reset();
   }
 
   const std::vector<double>& timesteps() const override { return timesteps_; }
   float init_noise_sigma() const override { return 1.0f; }
-  Tensor scale_model_input(const Tensor& sample, size_t) const override { return sample.to(sample.dtype()); }
+  const char* name() const override { return "PNDM"; }
+  float model_input_divisor(size_t) const override { return 1.0f; }
+  int state_buffer_count() const override { return kStateBuffers; }
 
   // Mirrors PNDMScheduler.step: PRK while the warm-up lasts, PLMS after.
-  Tensor step(const Tensor& model_output, size_t step_index, const Tensor& sample, TorchGenerator&) override {
-    check_step_index(step_index, timesteps_.size(), "PNDM");
-    check_same_shape(model_output, sample, "PNDM");
+  StepPlan plan_step(size_t step_index) override {
+    check_step_index(step_index, timesteps_.size(), name());
     // The multistep history assumes one call per step, in order (diffusers' counter).
     if (step_index != counter_)
       throw Error(ErrorKind::kInvalidArgument,
                   fmt::format("PNDM: step {} taken out of order (expected step {})", step_index, counter_));
     const auto t = static_cast<int64_t>(timesteps_[step_index]);
-    Tensor out = counter_ < prk_timesteps_.size() && !o_.skip_prk_steps
-                     ? step_prk(to_f32(model_output), t, to_f32(sample))
-                     : step_plms(to_f32(model_output), t, to_f32(sample));
-    return cast_like(std::move(out), model_output);
+    PlanBuilder plan;
+    if (counter_ < prk_timesteps_.size() && !o_.skip_prk_steps) {
+      plan_prk(plan, t);
+    } else {
+      plan_plms(plan, t);
+    }
+    ++counter_;
+    return plan.finish();
   }
 
  private:
-  using Vec = std::vector<float>;
+  // State buffers: diffusers' `ets` (the last four model outputs, a ring), `cur_sample` and
+  // `cur_model_output` (the Runge-Kutta running sum).
+  static constexpr int kEtsRing = 4;
+  static constexpr int kCurSample = step_buffer::state(kEtsRing);
+  static constexpr int kCurModelOutput = step_buffer::state(kEtsRing + 1);
+  static constexpr int kStateBuffers = kEtsRing + 2;
 
-  static Vec values(const Tensor& t) {
-    const float* p = t.data<float>();
-    return Vec(p, p + t.numel());
+  // ets[-back] (back = 1 is the newest).
+  PlanValue ets(PlanBuilder& plan, size_t back) const {
+    return plan.load(step_buffer::state(static_cast<int>((ets_pushes_ - back) % kEtsRing)));
+  }
+  // ets.append(model_output).
+  void push_ets(PlanBuilder& plan, PlanValue model_output) {
+    plan.store(model_output, step_buffer::state(static_cast<int>(ets_pushes_ % kEtsRing)));
+    ++ets_pushes_;
+    ++ets_size_;
   }
 
   // Mirrors PNDMScheduler.step_prk.
-  Tensor step_prk(const Tensor& model_output, int64_t timestep, const Tensor& sample) {
+  void plan_prk(PlanBuilder& plan, int64_t timestep) {
     const int64_t diff_to_prev = counter_ % 2 ? 0 : o_.betas.num_train_timesteps / n_ / 2;
     const int64_t prev_timestep = timestep - diff_to_prev;
     const int64_t t = prk_timesteps_[counter_ / 4 * 4];
-    Vec mo = values(model_output);
     const float sixth = static_cast<float>(1.0 / 6);
     const float third = static_cast<float>(1.0 / 3);
-    const auto accumulate = [&](float weight) {
-      if (!cur_model_output_) cur_model_output_ = Vec(mo.size(), 0.0f);
-      for (size_t i = 0; i < mo.size(); ++i) {
-        const float w = weight * mo[i];
-        (*cur_model_output_)[i] = (*cur_model_output_)[i] + w;
-      }
-    };
+    PlanValue model_output = plan.load(step_buffer::kModelOutput);
+    PlanValue cur_sample;
     switch (counter_ % 4) {
-      case 0:
-        accumulate(sixth);
-        ets_.push_back(mo);
-        cur_sample_ = values(sample);
+      case 0:  // a new running sum; the warm-up step starts from the sample it is given
+        plan.store(sixth * model_output, kCurModelOutput);
+        push_ets(plan, model_output);
+        cur_sample = plan.load(step_buffer::kSample);
+        plan.store(cur_sample, kCurSample);
         break;
       case 1:
       case 2:
-        accumulate(third);
+        plan.store(plan.load(kCurModelOutput) + third * model_output, kCurModelOutput);
+        cur_sample = plan.load(kCurSample);
         break;
       case 3:
-        for (size_t i = 0; i < mo.size(); ++i) {
-          const float w = sixth * mo[i];
-          mo[i] = (*cur_model_output_)[i] + w;
-        }
-        cur_model_output_.reset();
+        model_output = plan.load(kCurModelOutput) + sixth * model_output;
+        cur_sample = plan.load(kCurSample);
         break;
     }
-    const Vec cur = cur_sample_ ? *cur_sample_ : values(sample);
-    Tensor out = prev_sample(cur, t, prev_timestep, mo, sample.shape());
-    ++counter_;
-    return out;
+    plan.store(prev_sample(cur_sample, t, prev_timestep, model_output), step_buffer::kPrevSample);
   }
 
   // Mirrors PNDMScheduler.step_plms.
-  Tensor step_plms(const Tensor& model_output, int64_t timestep, const Tensor& sample) {
+  void plan_plms(PlanBuilder& plan, int64_t timestep) {
     const int64_t ratio = o_.betas.num_train_timesteps / n_;
     int64_t prev_timestep = timestep - ratio;
-    Vec mo = values(model_output);
-    Vec x = values(sample);
+    PlanValue model_output = plan.load(step_buffer::kModelOutput);
+    PlanValue x = plan.load(step_buffer::kSample);
     if (counter_ != 1) {
-      if (ets_.size() > 3) ets_.erase(ets_.begin(), ets_.end() - 3);
-      ets_.push_back(mo);
+      ets_size_ = std::min<size_t>(ets_size_, 3);  // ets = ets[-3:]
+      push_ets(plan, model_output);
     } else {
       prev_timestep = timestep;
       timestep = timestep + ratio;
     }
-    const size_t k = ets_.size();
-    const auto e = [&](size_t back, size_t i) { return ets_[k - back][i]; };  // ets[-back]
+    const size_t k = ets_size_;
     if (k == 1 && counter_ == 0) {
-      cur_sample_ = x;
+      plan.store(x, kCurSample);
     } else if (k == 1 && counter_ == 1) {
-      for (size_t i = 0; i < mo.size(); ++i) mo[i] = (mo[i] + e(1, i)) / 2.0f;
-      x = *cur_sample_;
-      cur_sample_.reset();
+      model_output = (model_output + ets(plan, 1)) / 2.0f;
+      x = plan.load(kCurSample);
     } else if (k == 2) {
-      for (size_t i = 0; i < mo.size(); ++i) {
-        const float a = 3.0f * e(1, i);
-        mo[i] = (a - e(2, i)) / 2.0f;
-      }
+      model_output = (3.0f * ets(plan, 1) - ets(plan, 2)) / 2.0f;
     } else if (k == 3) {
-      for (size_t i = 0; i < mo.size(); ++i) {
-        const float a = 23.0f * e(1, i);
-        const float b = 16.0f * e(2, i);
-        const float c = 5.0f * e(3, i);
-        const float ab = a - b;
-        mo[i] = (ab + c) / 12.0f;
-      }
+      const PlanValue ab = 23.0f * ets(plan, 1) - 16.0f * ets(plan, 2);
+      model_output = (ab + 5.0f * ets(plan, 3)) / 12.0f;
     } else {
-      const float w = static_cast<float>(1.0 / 24);
-      for (size_t i = 0; i < mo.size(); ++i) {
-        const float a = 55.0f * e(1, i);
-        const float b = 59.0f * e(2, i);
-        const float c = 37.0f * e(3, i);
-        const float d = 9.0f * e(4, i);
-        const float ab = a - b;
-        const float abc = ab + c;
-        const float sum = abc - d;
-        mo[i] = w * sum;
-      }
+      const PlanValue ab = 55.0f * ets(plan, 1) - 59.0f * ets(plan, 2);
+      const PlanValue abc = ab + 37.0f * ets(plan, 3);
+      model_output = static_cast<float>(1.0 / 24) * (abc - 9.0f * ets(plan, 4));
     }
-    Tensor out = prev_sample(x, timestep, prev_timestep, mo, sample.shape());
-    ++counter_;
-    return out;
+    plan.store(prev_sample(x, timestep, prev_timestep, model_output), step_buffer::kPrevSample);
   }
 
   // Mirrors PNDMScheduler._get_prev_sample: formula (9) of the PNDM paper.
-  Tensor prev_sample(const Vec& x, int64_t timestep, int64_t prev_timestep, Vec mo,
-                     const Shape& shape) const {
+  PlanValue prev_sample(PlanValue x, int64_t timestep, int64_t prev_timestep, PlanValue model_output) const {
     const float alpha_t = alpha_cumprod_at(timestep);
     const float alpha_prev = prev_timestep >= 0 ? alpha_cumprod_at(prev_timestep) : final_alpha_cumprod_;
     const float beta_t = 1.0f - alpha_t;
     const float beta_prev = 1.0f - alpha_prev;
-    if (o_.prediction_type == PredictionType::kVPrediction) {
-      const float sa = std::sqrt(alpha_t);
-      const float sb = std::sqrt(beta_t);
-      for (size_t i = 0; i < mo.size(); ++i) {
-        const float a = sa * mo[i];
-        const float b = sb * x[i];
-        mo[i] = a + b;
-      }
-    }
+    if (o_.prediction_type == PredictionType::kVPrediction)
+      model_output = std::sqrt(alpha_t) * model_output + std::sqrt(beta_t) * x;
     const float sample_coeff = std::sqrt(alpha_prev / alpha_t);
     const float denom_a = alpha_t * std::sqrt(beta_prev);
     const float denom_b = std::sqrt(alpha_t * beta_t * alpha_prev);
     const float denom = denom_a + denom_b;
     const float diff = alpha_prev - alpha_t;
-    Tensor out(shape, DType::kF32);
-    float* o = out.data<float>();
-    for (size_t i = 0; i < mo.size(); ++i) {
-      const float a = sample_coeff * x[i];
-      const float b = diff * mo[i];
-      o[i] = a - b / denom;
-    }
-    return out;
+    return sample_coeff * x - (diff * model_output) / denom;
   }
 
   float alpha_cumprod_at(int64_t t) const {
@@ -249,11 +219,11 @@ class PndmScheduler final : public Scheduler {
   int n_ = 0;
   std::vector<int64_t> prk_timesteps_;
   std::vector<double> timesteps_;
-  // Runner state (diffusers' ets, counter, cur_model_output, cur_sample).
-  std::vector<Vec> ets_;
+  // Runner state: diffusers' len(ets) and counter; ets, cur_sample and cur_model_output live in the state
+  // buffers.
+  size_t ets_size_ = 0;
+  size_t ets_pushes_ = 0;  // the ring slot of the next push
   size_t counter_ = 0;
-  std::optional<Vec> cur_model_output_;
-  std::optional<Vec> cur_sample_;
 };
 
 }  // namespace

@@ -9,6 +9,9 @@
 //     Tensor eps = unet(in, s->timesteps()[i], ...);
 //     latents = s->step(eps, i, latents, rng);
 //   }
+//
+// Each step is a StepPlan (schedulers/step_plan.h) that step() runs on the host; a device runs the same
+// plans on its own buffers through model_input_divisor, state_buffer_count and plan_step (see CudaEngine).
 #pragma once
 
 #include <filesystem>
@@ -17,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "schedulers/step_plan.h"
 #include "schedulers/torch_rng.h"
 #include "sdrt/tensor.h"
 
@@ -84,15 +88,34 @@ class Scheduler {
   // Euler with linspace spacing or Karras sigmas).
   virtual const std::vector<double>& timesteps() const = 0;
   virtual float init_noise_sigma() const = 0;
-  // Returns the UNet input for step `step_index` (a copy; sample is [batch, C, H, W]).
-  virtual Tensor scale_model_input(const Tensor& sample, size_t step_index) const = 0;
-  // One denoising step: returns the previous (less noisy) sample. `rng` is used by ancestral schedulers only
-  // and drawn from exactly as diffusers draws from its generator.
-  virtual Tensor step(const Tensor& model_output, size_t step_index, const Tensor& sample,
-                      TorchGenerator& rng) = 0;
+  // "PNDM", "DDIM", "Euler", "Euler a", "DPM++" (error messages).
+  virtual const char* name() const = 0;
   // The noise levels of the schedule (timesteps().size() + 1 values) for sigma-based schedulers (Euler, Euler
   // a, DPM-Solver), as diffusers' `scheduler.sigmas`; empty for PNDM and DDIM.
   virtual const std::vector<float>& sigmas() const;
+
+  // ---- the step as a plan (the host's step() and a device's loop share these) ----
+  // The UNet input of step `step_index` is sample / model_input_divisor(step_index): sqrt(sigma² + 1) for the
+  // Euler family, 1 for the others. (A device may multiply by the reciprocal as it rounds the input to fp16.)
+  virtual float model_input_divisor(size_t step_index) const = 0;
+  // How many state buffers (step_buffer::state(0 .. count - 1)) the plans use; their contents carry the
+  // scheduler's history from step to step and belong to whoever executes the plans.
+  virtual int state_buffer_count() const = 0;
+  // Plans step `step_index` and advances the scheduler's runner state past it (multistep schedulers require
+  // one call per step, in order, after set_timesteps). Throws kInvalidArgument for an out-of-range or
+  // out-of-order step.
+  virtual StepPlan plan_step(size_t step_index) = 0;
+
+  // ---- host execution ----
+  // Returns the UNet input for step `step_index` (a copy; sample is [batch, C, H, W]).
+  Tensor scale_model_input(const Tensor& sample, size_t step_index) const;
+  // One denoising step: returns the previous (less noisy) sample. `rng` is used by ancestral schedulers only
+  // and drawn from exactly as diffusers draws from its generator. The state buffers live in this object, so
+  // one scheduler is stepped either here or by a device, not both.
+  Tensor step(const Tensor& model_output, size_t step_index, const Tensor& sample, TorchGenerator& rng);
+
+ private:
+  std::vector<std::vector<float>> host_state_;
 };
 
 // Builds `kind` from a model's scheduler config the way diffusers' OtherScheduler.from_config(config) does:
