@@ -203,15 +203,18 @@ GenerateOptions tiny_options(const std::string& scheduler, bool karras, double c
   return o;
 }
 
+Model load_tiny_sd1(Device device) {
+  LoadOptions load;
+  load.device = device;
+  return Model::load(testing::fixtures_dir() / "tiny-sd1", load);
+}
+
 // The same denoising loop with the UNet in fp16: the latents stay close to the CPU's for every scheduler
 // (Euler a's noise comes from the host generator on both sides), with and without guidance.
 TEST(CudaScheduler, EngineLoopMatchesCpuLoop) {
   SDRT_REQUIRE_CUDA();
-  const auto dir = testing::fixtures_dir() / "tiny-sd1";
-  LoadOptions load;
-  load.device = Device::kCuda;
-  const Model gpu = Model::load(dir, load);
-  const Model cpu = Model::load(dir);
+  const Model gpu = load_tiny_sd1(Device::kCuda);
+  const Model cpu = load_tiny_sd1(Device::kHost);
   struct LoopCase {
     const char* scheduler;
     bool karras;
@@ -250,10 +253,7 @@ TEST(CudaScheduler, EngineLoopMatchesCpuLoop) {
 
 TEST(CudaScheduler, EngineLoopCancelsWithTheLatentsSoFar) {
   SDRT_REQUIRE_CUDA();
-  const auto dir = testing::fixtures_dir() / "tiny-sd1";
-  LoadOptions load;
-  load.device = Device::kCuda;
-  const Model gpu = Model::load(dir, load);
+  const Model gpu = load_tiny_sd1(Device::kCuda);
   const GenerateOptions o = gpu.resolve(tiny_options("euler_a", false));
   const Tensor context = gpu.encode_prompts(o);
   Sampling sampling = gpu.prepare_latents(o);
@@ -271,10 +271,7 @@ TEST(CudaScheduler, EngineLoopCancelsWithTheLatentsSoFar) {
 
 TEST(CudaScheduler, EngineLoopReportsNonFiniteLatents) {
   SDRT_REQUIRE_CUDA();
-  const auto dir = testing::fixtures_dir() / "tiny-sd1";
-  LoadOptions load;
-  load.device = Device::kCuda;
-  const Model gpu = Model::load(dir, load);
+  const Model gpu = load_tiny_sd1(Device::kCuda);
   const GenerateOptions o = gpu.resolve(tiny_options("euler", false));
   const Tensor context = gpu.encode_prompts(o);
   Sampling sampling = gpu.prepare_latents(o);

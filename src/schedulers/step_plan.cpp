@@ -11,17 +11,22 @@
 
 namespace sdrt::schedulers {
 
-void execute_step_plan(const StepPlan& plan, float* const* buffers, int buffer_count, int64_t n) {
+void validate_step_plan(const StepPlan& plan, float* const* buffers, int buffer_count) {
   if (plan.program.size() > static_cast<size_t>(kMaxStepInstructions))
     throw Error(ErrorKind::kInternal, fmt::format("step plan of {} instructions", plan.program.size()));
   for (const StepInstruction& in : plan.program) {
     const bool memory = in.op == StepOpcode::kLoad || in.op == StepOpcode::kStore;
-    if (memory && (in.buffer >= buffer_count || buffers[in.buffer] == nullptr))
+    if (memory &&
+        (in.buffer >= buffer_count || in.buffer >= kMaxStepBuffers || buffers[in.buffer] == nullptr))
       throw Error(ErrorKind::kInternal,
                   fmt::format("step plan names buffer {}, which is missing", in.buffer));
     if (in.dst >= kMaxStepRegisters || in.a >= kMaxStepRegisters || in.b >= kMaxStepRegisters)
       throw Error(ErrorKind::kInternal, "step plan register out of range");
   }
+}
+
+void execute_step_plan(const StepPlan& plan, float* const* buffers, int buffer_count, int64_t n) {
+  validate_step_plan(plan, buffers, buffer_count);
   // Instruction by instruction over blocks of elements: the same per-element operations as the CUDA kernel,
   // in loops the compiler can vectorise.
   constexpr int64_t kBlock = 256;

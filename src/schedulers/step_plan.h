@@ -61,6 +61,10 @@ struct StepPlan {
   bool needs_noise = false;
 };
 
+// Throws kInternal when `plan` exceeds the limits above or names a buffer that `buffers` (buffer_count
+// pointers) lacks; both executors check with this before running.
+void validate_step_plan(const StepPlan& plan, float* const* buffers, int buffer_count);
+
 // Runs `plan` on host buffers of n floats each: buffers[id] (an array of `buffer_count` pointers) for every
 // buffer id the plan names. Throws kInternal when the plan names a buffer that is missing.
 void execute_step_plan(const StepPlan& plan, float* const* buffers, int buffer_count, int64_t n);

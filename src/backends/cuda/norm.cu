@@ -97,16 +97,24 @@ ScratchLayout scratch_layout(int64_t batch, int64_t groups, int64_t chunks) {
   return l;
 }
 
-struct GnParams {
+// The tensors both GroupNorm kernels read and write (see GroupNormArgs).
+struct GnTensors {
   const __half* x;
   __half* y;
   const float* gamma;
   const float* beta;
   const __half* pre_bias;
   int64_t pre_bias_stride;  // elements between batch items of pre_bias
-  int* counters;            // [batch]
-  float2* stats;            // [batch, groups] (mean, rstd)
-  float2* partials;         // [batch, groups, chunks] (chunk mean, chunk M2)
+};
+
+GnTensors gn_tensors(const GroupNormArgs& a) {
+  return {a.x, a.y, a.gamma, a.beta, a.pre_bias, a.pre_bias_stride ? a.pre_bias_stride : a.channels};
+}
+
+struct GnParams : GnTensors {
+  int* counters;     // [batch]
+  float2* stats;     // [batch, groups] (mean, rstd)
+  float2* partials;  // [batch, groups, chunks] (chunk mean, chunk M2)
   int64_t spatial, channels, groups, cpg;
   int64_t rows;       // rows per chunk
   int stage_floats2;  // float2 capacity of the dynamic shared memory for the merge
@@ -368,13 +376,7 @@ constexpr int64_t kClusterMinBlocks = 2;
 constexpr int64_t kClusterMaxBlocks = 8;            // portable cluster size
 constexpr size_t kClusterMaxTileBytes = 96 * 1024;  // rows of one block in shared memory
 
-struct ClusterGnParams {
-  const __half* x;
-  __half* y;
-  const float* gamma;
-  const float* beta;
-  const __half* pre_bias;
-  int64_t pre_bias_stride;  // elements between batch items of pre_bias
+struct ClusterGnParams : GnTensors {
   int64_t spatial, channels;
   int cpg;    // channels per group
   int slice;  // channels per cluster (whole groups, multiple of 8)
@@ -651,12 +653,7 @@ bool launch_cluster_group_norm(const GroupNormArgs& a, const ClusterGnPlan& plan
   cudaLaunchAttribute attribute{};
   const cudaLaunchConfig_t config = cluster_launch_config(a, plan, stream, &attribute);
   ClusterGnParams p{};
-  p.x = a.x;
-  p.y = a.y;
-  p.gamma = a.gamma;
-  p.beta = a.beta;
-  p.pre_bias = a.pre_bias;
-  p.pre_bias_stride = a.pre_bias_stride ? a.pre_bias_stride : a.channels;
+  static_cast<GnTensors&>(p) = gn_tensors(a);
   p.spatial = a.spatial;
   p.channels = a.channels;
   p.cpg = static_cast<int>(a.channels / a.groups);
@@ -815,12 +812,7 @@ void launch_group_norm(const GroupNormArgs& a, cudaStream_t stream) {
   const GnConfig cfg = group_norm_config(a);
 
   GnParams p{};
-  p.x = a.x;
-  p.y = a.y;
-  p.gamma = a.gamma;
-  p.beta = a.beta;
-  p.pre_bias = a.pre_bias;
-  p.pre_bias_stride = a.pre_bias_stride ? a.pre_bias_stride : a.channels;
+  static_cast<GnTensors&>(p) = gn_tensors(a);
   p.counters = reinterpret_cast<int*>(scratch + layout.counters);
   p.stats = reinterpret_cast<float2*>(scratch + layout.stats);
   p.partials = reinterpret_cast<float2*>(scratch + layout.partials);

@@ -4,8 +4,6 @@
 // program lives in local memory, which is cheap at latent sizes (64 K elements for 512×512).
 #include <algorithm>
 
-#include <fmt/format.h>
-
 #include "backends/cuda/check.h"
 #include "backends/cuda/scheduler_step.cuh"
 #include "sdrt/error.h"
@@ -67,20 +65,10 @@ __global__ void step_plan_kernel(const DeviceStepPlan plan, int64_t n) {
 
 void launch_step_plan(const schedulers::StepPlan& plan, float* const* buffers, int buffer_count, int64_t n,
                       cudaStream_t stream) {
-  if (plan.program.size() > static_cast<size_t>(kMaxStepInstructions))
-    throw Error(ErrorKind::kInternal, fmt::format("step plan of {} instructions", plan.program.size()));
+  schedulers::validate_step_plan(plan, buffers, buffer_count);
   DeviceStepPlan device_plan{};
   device_plan.count = static_cast<int>(plan.program.size());
-  for (size_t k = 0; k < plan.program.size(); ++k) {
-    const StepInstruction& in = plan.program[k];
-    const bool memory = in.op == StepOpcode::kLoad || in.op == StepOpcode::kStore;
-    if (memory && (in.buffer >= buffer_count || buffers[in.buffer] == nullptr))
-      throw Error(ErrorKind::kInternal,
-                  fmt::format("step plan names buffer {}, which is missing", in.buffer));
-    if (in.dst >= kMaxStepRegisters || in.a >= kMaxStepRegisters || in.b >= kMaxStepRegisters)
-      throw Error(ErrorKind::kInternal, "step plan register out of range");
-    device_plan.code[k] = in;
-  }
+  for (size_t k = 0; k < plan.program.size(); ++k) device_plan.code[k] = plan.program[k];
   for (int b = 0; b < std::min(buffer_count, kMaxStepBuffers); ++b) device_plan.buffers[b] = buffers[b];
   if (n <= 0) return;
   const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, 132 * 8);
