@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "io/untrusted_text.h"
 #include "sdrt/error.h"
 
 namespace sdrt::io {
@@ -103,24 +104,12 @@ std::optional<Role> allowed_global(std::string_view module, std::string_view nam
   return std::nullopt;
 }
 
-// Untrusted text in messages: printable ASCII on one line, cut when long.
 std::string printable(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < 200; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c >= 0x7f) {
-      out += fmt::format("\\x{:02x}", c);
-    } else {
-      if (c == '"' || c == '\\') out += '\\';
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > 200) out += "...";
-  return out;
+  return printable_ascii(s);
 }
 
 std::string quote(std::string_view s) {
-  return "\"" + printable(s) + "\"";
+  return quoted_ascii(s);
 }
 
 const char* kind_name(Kind k) {

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "io/mapped_file.h"
+#include "io/untrusted_text.h"
 #include "sdrt/error.h"
 
 namespace sdrt::io {
@@ -33,18 +34,7 @@ constexpr uint64_t kMaxEntries =
 
 // Entry names are untrusted bytes: keep messages printable and on one line.
 std::string quote(std::string_view s) {
-  std::string out = "\"";
-  for (size_t i = 0; i < s.size() && i < 200; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c >= 0x7f) {
-      out += fmt::format("\\x{:02x}", c);
-    } else {
-      if (c == '"' || c == '\\') out += '\\';
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > 200) out += "...";
-  return out + "\"";
+  return quoted_ascii(s);
 }
 
 // Little-endian reads with the bounds checked by the caller.
