@@ -4,10 +4,11 @@
 // epilogue fused — conv → +bias → +residual — because that saves a full read and write of the output, and
 // step down (conv → +bias, then the bare conv) when cuDNN has no engine for the fused form, finishing the
 // rest with our own elementwise kernel. With a residual, the fully fused graph runs on a runtime-compiled
-// engine that is not always faster than cuDNN's precompiled conv → +bias kernels followed by our residual add
-// (on an H100 the 64×64 ResNet convolutions were ~25% slower fused), so on first use both are built, timed on
-// the real buffers, and the faster is kept. The engine within a graph is cuDNN's first heuristic pick, or,
-// with SDRT_CUDNN_AUTOTUNE=1, the fastest of all engines timed on the real buffers (slow to plan).
+// engine; SDRT_CONV_TIMING=1 also builds cuDNN's precompiled conv → +bias followed by our residual add, times
+// both on first use and keeps the faster (on an H100 the fused form won on every SD 1.5 shape, and a choice
+// by timing can differ from run to run, changing the image a seed draws — so it is off by default). The
+// engine within a graph is cuDNN's first heuristic pick, or, with SDRT_CUDNN_AUTOTUNE=1, the fastest of all
+// engines timed on the real buffers (slow to plan).
 #include "backends/cuda/conv.cuh"
 
 #include <cuda_runtime.h>
@@ -170,7 +171,7 @@ float time_plan(Context& ctx, const ConvPlan& plan, const ConvArgs& a) {
 
 bool timing_enabled() {
   const char* v = std::getenv("SDRT_CONV_TIMING");
-  return !v || std::string(v) != "0";
+  return v && std::string(v) == "1";
 }
 
 }  // namespace
