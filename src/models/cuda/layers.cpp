@@ -119,20 +119,6 @@ void Act::reset() {
   bytes_ = 0;
 }
 
-DeviceBuffer upload_f16(Context& ctx, const Tensor& host) {
-  const Tensor h = host.dtype() == DType::kF16 ? host : host.to(DType::kF16);
-  DeviceBuffer buffer(h.nbytes());
-  cuda::upload(ctx, buffer.data(), h.raw_data(), h.nbytes());
-  return buffer;
-}
-
-DeviceBuffer upload_f32(Context& ctx, const Tensor& host) {
-  const Tensor h = host.dtype() == DType::kF32 ? host : host.to(DType::kF32);
-  DeviceBuffer buffer(h.nbytes());
-  cuda::upload(ctx, buffer.data(), h.raw_data(), h.nbytes());
-  return buffer;
-}
-
 namespace {
 
 cuda::WeightUploader::Source stored_source(const WeightSource& w, const std::string& name,

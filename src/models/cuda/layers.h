@@ -95,10 +95,6 @@ class Act {
   size_t bytes_ = 0;
 };
 
-// Uploads a host tensor converted to fp16 / fp32.
-DeviceBuffer upload_f16(Context& ctx, const Tensor& host);
-DeviceBuffer upload_f32(Context& ctx, const Tensor& host);
-
 // Weight `name` (shape checked against `expected`, as WeightSource::get) streamed from its stored bytes to
 // the device through the context's uploader, converted to fp16 / fp32 on the GPU. Asynchronous: the engine
 // calls Context::finish_uploads once everything is issued.
