@@ -252,14 +252,39 @@ def render(items: list[dict], bg: str, size: int = 128, supersample: int = 2) ->
     return np.asarray(img, dtype=np.uint8)
 
 
-def scene(seed: int, index: int, size: int = 128, n_captions: int = 4):
-    """(image uint8 [size,size,3], spec, [captions])."""
+def _scene_parts(seed: int, index: int, size: int, n_captions: int):
     rng = np.random.default_rng([seed, index])
     spec = random_spec(rng)
     items = layout(spec, rng)
     img = render(items, spec["bg"], size)
     caps = [caption(spec, np.random.default_rng([seed, index, 1 + k])) for k in range(n_captions)]
+    return img, spec, items, caps
+
+
+def scene(seed: int, index: int, size: int = 128, n_captions: int = 4):
+    """(image uint8 [size,size,3], spec, [captions])."""
+    img, spec, _, caps = _scene_parts(seed, index, size, n_captions)
     return img, spec, caps
+
+
+# Layout slots of layout_targets(): which object a directional relation puts at the top / bottom / left / right.
+LAYOUT_SLOTS = ["top", "bottom", "left", "right"]
+
+
+def layout_targets(spec: dict, items: list[dict]) -> np.ndarray:
+    """int8 [4 slots, 2]: (colour index, shape index) of the object at the top, bottom, left and right of a
+    two-shape scene whose caption fixes the layout (above / below / left of / right of); -1 where the caption
+    does not say (other scenes, the other axis, "and", "next to"). Targets of train.py's layout probe."""
+    t = np.full((4, 2), -1, np.int8)
+    rel = spec.get("relation")
+    if spec["kind"] != "pair" or rel not in ("above", "below", "left of", "right of"):
+        return t
+    axis = "y" if rel in ("above", "below") else "x"
+    low, high = sorted(items[:2], key=lambda it: it[axis])  # low: top (y) or left (x)
+    base = 0 if axis == "y" else 2
+    for slot, it in ((base, low), (base + 1, high)):
+        t[slot] = (COLOURS.index(it["colour"]), SHAPES.index(it["shape"]))
+    return t
 
 
 # Scene categories for oversampling (train.py --oversample-*): see kind_code().
@@ -279,19 +304,21 @@ def _render_range(args):
     seed, start, stop, size, n_captions = args
     imgs = np.empty((stop - start, size, size, 3), np.uint8)
     kinds = np.empty(stop - start, np.int8)
+    targets = np.empty((stop - start, 4, 2), np.int8)
     caps = []
     for i in range(start, stop):
-        img, spec, c = scene(seed, i, size, n_captions)
+        img, spec, items, c = _scene_parts(seed, i, size, n_captions)
         imgs[i - start] = img
         kinds[i - start] = kind_code(spec)
+        targets[i - start] = layout_targets(spec, items)
         caps.append(c)
-    return imgs, caps, kinds
+    return imgs, caps, kinds, targets
 
 
 def make_dataset(n: int, seed: int, size: int = 128, n_captions: int = 4, workers: int = 1,
                  return_kinds: bool = False):
     """Renders scenes 0..n-1: (uint8 [n, size, size, 3], list of n lists of captions) and, with return_kinds,
-    int8 [n] of kind_code()s."""
+    int8 [n] of kind_code()s and int8 [n, 4, 2] of layout_targets()."""
     chunk = 2000
     jobs = [(seed, a, min(a + chunk, n), size, n_captions) for a in range(0, n, chunk)]
     if workers > 1:
@@ -303,7 +330,8 @@ def make_dataset(n: int, seed: int, size: int = 128, n_captions: int = 4, worker
     captions = [c for p in parts for c in p[1]]
     if return_kinds:
         kinds = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int8)
-        return images, captions, kinds
+        targets = np.concatenate([p[3] for p in parts]) if parts else np.empty((0, 4, 2), np.int8)
+        return images, captions, kinds, targets
     return images, captions
 
 

@@ -1,20 +1,16 @@
 #!/usr/bin/env bash
-# Trains, exports and evaluates the sdrt demo model in one call on the GPU machine (the `run` device tool).
-# Run from the repository root with .ref/diffusers (diffusers 0.42.1's src/diffusers) present; carrying only
-# the packed .ref/diffusers.tar.xz (1.9 MB) and unpacking it first is the quickest:
+# Trains, exports and evaluates the sdrt demo model on a GPU machine (training/README.md has the recipe and the
+# commands that made the shipped model). Run from the repository root with diffusers 0.42.1 installed or its
+# src/diffusers unpacked as .ref/diffusers:
 #
-#   tar xJf .ref/diffusers.tar.xz -C .ref && bash training/run_device.sh    # a fresh run (~7 minutes, one H100)
+#   bash training/run_device.sh --speed-probe --unet-time 1200 --max-wall 1500       # a fresh run
+#   bash training/run_device.sh --resume out/resume --compile --unet-time 1200      # continue from a checkpoint
+#   bash training/run_device.sh --init-from models/demo --unet-time 420 --unet-lr 2e-4   # continue the shipped model
 #
-#   # continue the shipped model (models/demo is in the tree): VAE kept, UNet + text encoder trained on with
-#   # the hard scene kinds oversampled; about 8 minutes in all, capped by train.py --max-wall 530
-#   tar xJf .ref/diffusers.tar.xz -C .ref && bash training/run_device.sh --init-from models/demo --unet-time 420 --unet-lr 2e-4
-#
-#   training/run_device.sh --resume out/resume --unet-time 300 --unet-lr 2e-4   # continue from a checkpoint
-#
-# (for --resume, put the earlier run's ckpt.pt.000, ckpt.pt.001, ... in out/resume/ and carry "out/resume").
-# The new model is $OUT/sdrt-demo.tar.gz: `rm -rf models/demo && tar -xzf sdrt-demo.tar.gz -C models/`.
-# Extra arguments go to train.py. Everything that comes back is under $OUT (7 files, each <= 16 MiB):
-# train.log, log.json, vae_recon.png, eval_grid.png, sdrt-demo.tar.gz (folder demo/), ckpt.pt.000/.001.
+# (for --resume, put an earlier run's ckpt.pt.000, ckpt.pt.001, ... in out/resume/). Everything goes to $OUT
+# (default out/train; 7 files, each <= 16 MiB): train.log, log.json, vae_recon.png, eval_grid.png,
+# sdrt-demo.tar.gz (folder demo/: `rm -rf models/demo && tar -xzf sdrt-demo.tar.gz -C models/`), ckpt.pt.000/.001.
+# Extra arguments go to train.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/.ref${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

@@ -223,8 +223,8 @@ def save_png(arr: np.ndarray, path: Path):
 
 def build_data(args, tok):
     t = time.time()
-    images, captions, kinds = dataset.make_dataset(args.scenes, args.seed, IMAGE_SIZE, args.captions, args.workers,
-                                                   return_kinds=True)
+    images, captions, kinds, layout = dataset.make_dataset(args.scenes, args.seed, IMAGE_SIZE, args.captions,
+                                                           args.workers, return_kinds=True)
     t_render = time.time() - t
     flat = [c for cs in captions for c in cs]
     uniq = sorted(set(flat))
@@ -236,7 +236,8 @@ def build_data(args, tok):
     used = torch.unique(torch.cat([tokens.flatten(), empty]))
     log(f"data: {len(images)} scenes rendered in {t_render:.1f}s, {len(uniq)} distinct captions, "
         f"{len(used)} distinct token ids, total {time.time() - t:.1f}s; e.g. {flat[:3]}")
-    return torch.from_numpy(images), tokens, empty, used, torch.from_numpy(kinds.astype(np.int64))
+    return (torch.from_numpy(images), tokens, empty, used, torch.from_numpy(kinds.astype(np.int64)),
+            torch.from_numpy(layout.astype(np.int64)))
 
 
 def train_vae(args, vae, images, dev, curve):
@@ -311,24 +312,74 @@ def ddpm_tables(dev):
     return ab.sqrt().float().to(dev), (1 - ab).sqrt().float().to(dev), (ab / (1 - ab)).float().to(dev)
 
 
+class LayoutProbe(torch.nn.Module):
+    """Training-only head (never exported): from the mean of the text encoder's states after <|endoftext|>
+    (the padding positions, which see the whole caption through CLIP's causal attention), predicts the colour and
+    shape of the object at the top / bottom / left / right of a scene whose caption fixes the layout
+    ("a yellow star above a purple triangle": top = yellow star). Its loss teaches the text encoder to resolve
+    which named object a relation puts where, which the diffusion loss alone did not (the UNet placed the two
+    objects of a relation the right way round about half the time)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.n_colours, self.n_shapes = len(dataset.COLOURS), len(dataset.SHAPES)
+        self.head = torch.nn.Linear(hidden, len(dataset.LAYOUT_SLOTS) * (self.n_colours + self.n_shapes))
+
+    def forward(self, hidden_states, ids, targets):
+        """hidden_states [B, 77, hidden], ids [B, 77], targets [B, 4, 2] (-1: none) -> (loss, accuracy, count)."""
+        eos = (ids == TE_CONFIG["eos_token_id"]).int().argmax(1)                         # [B] first <|endoftext|>
+        pad = (torch.arange(ids.shape[1], device=ids.device)[None] > eos[:, None]).float()  # [B, 77]
+        pooled = (hidden_states.float() * pad[..., None]).sum(1) / pad.sum(1, keepdim=True).clamp(min=1)
+        logits = self.head(pooled).view(ids.shape[0], len(dataset.LAYOUT_SLOTS), -1)        # [B, 4, 8 + 4]
+        loss, correct, count = 0.0, 0.0, 0.0
+        for lg, tg in ((logits[..., :self.n_colours], targets[..., 0]), (logits[..., self.n_colours:], targets[..., 1])):
+            lg, tg = lg.reshape(-1, lg.shape[-1]), tg.reshape(-1)
+            valid = tg >= 0
+            loss = loss + F.cross_entropy(lg, tg.clamp(min=0), reduction="none").mul(valid).sum()
+            correct = correct + ((lg.argmax(-1) == tg) & valid).sum()
+            count = count + valid.sum()
+        n = count.clamp(min=1)
+        return loss / n, correct / n, count
+
+
 def train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, empty, dev, curve, start_step,
-               checkpoint=None, weights=None):
-    """weights: optional per-scene sampling weights (float [n] on dev; None: uniform)."""
+               checkpoint=None, weights=None, layout=None):
+    """weights: optional per-scene sampling weights (float [n] on dev; None: uniform). layout: int64 [n, 4, 2]
+    layout targets (dataset.layout_targets) for the --layout-probe loss."""
     g = torch.Generator(device=dev).manual_seed(args.seed + 2 + start_step)
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+        unet_ema.to(memory_format=torch.channels_last)
+    probe = LayoutProbe(TE_CONFIG["hidden_size"]).to(dev) if args.layout_probe else None
     params = list(unet.parameters()) + list(te.parameters())
     groups = param_groups(unet, 0.01) + param_groups(te, 0.01)
+    if probe is not None:
+        groups += param_groups(probe, 0.01)
     opt = torch.optim.AdamW(groups, lr=args.unet_lr, betas=(0.9, 0.99), **args.fused)
     ema_params = list(unet_ema.parameters()) + list(te_ema.parameters())
     sqrt_ab, sqrt_1m, snr = ddpm_tables(dev)
     w_snr = torch.clamp(snr, max=args.min_snr) / snr
-    unet_fwd = torch.compile(unet) if args.compile else unet
     unet.train()
     te.train()
+    unet_fwd = unet
+    if args.compile:  # compiled on a throw-away forward + backward, so that compiling costs no training budget
+        t = time.time()
+        unet_fwd = torch.compile(unet)
+        xt, t_rand = _dummy_inputs(args, dev, lat_mean.shape[1:])
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            ctx = te(input_ids=tokens[:args.unet_batch, 0].long()).last_hidden_state
+            unet_fwd(xt, t_rand, encoder_hidden_states=ctx).sample.float().square().mean().backward()
+        for p in params:
+            p.grad = None
+        log(f"unet compiled in {time.time() - t:.1f}s")
+        if args.max_wall:  # the compile time comes out of the UNet budget when everything must end by --max-wall
+            args.unet_time = max(1.0, min(args.unet_time, args.max_wall - (time.time() - T0) - args.tail_reserve))
     n = lat_mean.shape[0]
     empty = empty.to(dev).long()
     B = args.unet_batch
     t0 = time.time()
     step, acc, acc_n, t_log = 0, 0.0, 0, time.time()
+    probe_sum = torch.zeros(2, device=dev)
     warmup = args.unet_warmup if start_step == 0 and not args.init_from else 100
     t_ckpt = time.time()
     while True:
@@ -346,18 +397,30 @@ def train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, 
         ids = tokens[idx, k].long()
         drop = torch.rand(B, device=dev, generator=g) < args.cfg_drop
         ids = torch.where(drop[:, None], empty[None], ids)
+        if probe is not None:
+            targets = torch.where(drop[:, None, None], torch.full_like(layout[idx], -1), layout[idx])
         z = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, device=dev, generator=g)) * sf
         t = torch.randint(0, 1000, (B,), device=dev, generator=g)
         noise = torch.randn(z.shape, device=dev, generator=g)
+        if args.offset_noise:  # a per-image, per-channel constant: lets the model change a picture's mean colour
+            noise = noise + args.offset_noise * torch.randn(B, z.shape[1], 1, 1, device=dev, generator=g)
         xt = sqrt_ab[t, None, None, None] * z + sqrt_1m[t, None, None, None] * noise
+        if args.channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             ctx = te(input_ids=ids).last_hidden_state
             pred = unet_fwd(xt, t, encoder_hidden_states=ctx).sample
         per = ((pred.float() - noise) ** 2).mean((1, 2, 3))
         loss = (per * w_snr[t]).mean()
+        if probe is not None:
+            probe_loss, probe_acc, _ = probe(ctx, ids, targets)
+            loss = loss + args.layout_probe * probe_loss
+            probe_sum = probe_sum + torch.stack([probe_loss.detach(), probe_acc.detach()])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if probe is not None:
+            torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
         opt.step()
         gstep = start_step + step
         decay = min(args.ema, (1 + gstep) / (10 + gstep))
@@ -369,16 +432,85 @@ def train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, 
         if step % args.log_every == 0:
             l = float(acc) / acc_n
             rate = acc_n / (time.time() - t_log)
-            log(f"unet step {gstep + 1} mse {l:.4f} (min-snr loss {float(loss.detach()):.4f}) lr {lr:.2e} "
+            point = {"phase": "unet", "step": gstep + 1, "mse": l, "lr": lr, "t": time.time() - T0}
+            probe_s = ""
+            if probe is not None:
+                point["probe_loss"], point["probe_acc"] = (float(v) / acc_n for v in probe_sum)
+                probe_s = f" layout probe loss {point['probe_loss']:.3f} acc {point['probe_acc']:.3f}"
+                probe_sum.zero_()
+            log(f"unet step {gstep + 1} mse {l:.4f} (min-snr loss {float(loss.detach()):.4f}){probe_s} lr {lr:.2e} "
                 f"{rate:.1f} it/s ({rate * B:.0f} samples/s)")
-            curve.append({"phase": "unet", "step": gstep + 1, "mse": l, "lr": lr, "t": time.time() - T0})
+            curve.append(point)
             acc, acc_n, t_log = 0.0, 0, time.time()
             if checkpoint is not None and args.ckpt_every and time.time() - t_ckpt > args.ckpt_every:
                 checkpoint(step, time.time() - t0)
                 t_ckpt = time.time()
     unet.eval()
     te.eval()
+    if args.channels_last:  # safetensors stores contiguous tensors only
+        unet.to(memory_format=torch.contiguous_format)
+        unet_ema.to(memory_format=torch.contiguous_format)
     return step, time.time() - t0
+
+
+def _dummy_inputs(args, dev, latent_shape):
+    xt = torch.randn(args.unet_batch, *latent_shape, device=dev)
+    if args.channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    return xt, torch.randint(0, 1000, (args.unet_batch,), device=dev)
+
+
+def speed_probe(args, te, unet, tokens, dev, latent_shape, budget: float, steps: int = 30) -> dict:
+    """Times a few training steps of throw-away copies of the models in each execution mode (eager or
+    torch.compile; NCHW or channels-last) and sets args.compile / args.channels_last to the mode that trains the
+    most samples in `budget` seconds, counting its compile time. Numerics are the same bf16 autocast in every
+    mode; only the speed differs, so the choice is made on the machine that trains."""
+    results = {}
+    # (inductor picks convolution layouts itself, so a compiled channels-last mode would only add compile time)
+    for name, comp, cl in (("eager", False, False), ("eager channels-last", False, True), ("compile", True, False)):
+        unet_copy, te_copy = copy.deepcopy(unet), copy.deepcopy(te)
+        try:
+            if cl:
+                unet_copy.to(memory_format=torch.channels_last)
+            fwd = torch.compile(unet_copy) if comp else unet_copy
+            params = list(unet_copy.parameters()) + list(te_copy.parameters())
+            opt = torch.optim.AdamW(params, lr=1e-6, **args.fused)
+            sub = argparse.Namespace(unet_batch=args.unet_batch, channels_last=cl)
+            xt, ts = _dummy_inputs(sub, dev, latent_shape)
+            ids = tokens[:args.unet_batch, 0].long()
+
+            def one_step():
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    ctx = te_copy(input_ids=ids).last_hidden_state
+                    loss = fwd(xt, ts, encoder_hidden_states=ctx).sample.float().square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+            t_first = time.time()
+            one_step()
+            one_step()
+            sync()
+            first = time.time() - t_first
+            t_run = time.time()
+            for _ in range(steps):
+                one_step()
+            sync()
+            rate = steps / (time.time() - t_run)
+            results[name] = {"it_s": rate, "first_two_steps_s": first, "compile": comp, "channels_last": cl,
+                             "steps_in_budget": rate * max(budget - (first if comp else 0.0), 0.0)}
+        except Exception as e:  # a mode that fails here is simply not chosen
+            results[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        unet_copy = te_copy = fwd = opt = None
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        log(f"speed probe {name}: {json.dumps(results[name])}")
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    best = max(ok, key=lambda k: ok[k]["steps_in_budget"])
+    args.compile, args.channels_last = ok[best]["compile"], ok[best]["channels_last"]
+    log(f"speed probe: training in mode '{best}' ({ok[best]['it_s']:.1f} it/s)")
+    return {"modes": results, "chosen": best}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -392,7 +524,7 @@ def main():
     ap.add_argument("--init-from", type=Path,
                     help="exported diffusers folder (e.g. models/demo) to continue from; skips the VAE phase")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scenes", type=int, default=100_000)
+    ap.add_argument("--scenes", type=int, default=200_000)
     ap.add_argument("--captions", type=int, default=4, help="captions per scene")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--vae-time", type=float, default=75)
@@ -408,7 +540,7 @@ def main():
     ap.add_argument("--unet-lr-floor", type=float, default=None,
                     help="final lr as a fraction of --unet-lr (default 0.1; 0.03 with --init-from)")
     ap.add_argument("--oversample-pair", type=float, default=None,
-                    help="sampling weight of two-shape relation scenes (default 1; 2.5 with --init-from)")
+                    help="sampling weight of two-shape relation scenes (default 2; 2.5 with --init-from)")
     ap.add_argument("--oversample-single-bg", type=float, default=None,
                     help="sampling weight of one shape on a named background (default 1; 1.5 with --init-from)")
     ap.add_argument("--oversample-multi", type=float, default=None,
@@ -421,8 +553,16 @@ def main():
     ap.add_argument("--cfg-drop", type=float, default=0.1)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (costs compile time)")
+    ap.add_argument("--channels-last", action="store_true", help="UNet weights and activations in channels-last")
+    ap.add_argument("--speed-probe", action="store_true",
+                    help="time a few steps in each mode (eager, eager channels-last, compile) and train in the "
+                         "fastest (overrides --compile and --channels-last)")
+    ap.add_argument("--layout-probe", type=float, default=0.1,
+                    help="weight of the layout-probe loss on the text encoder (LayoutProbe; 0: none)")
+    ap.add_argument("--offset-noise", type=float, default=0.05,
+                    help="std of a per-image, per-channel constant added to the training noise (0: none)")
     ap.add_argument("--log-every", type=int, default=100)
-    ap.add_argument("--eval-extra-seeds", type=int, default=2)
+    ap.add_argument("--eval-extra-seeds", type=int, default=3)
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--eval-guidance-sweep", type=lambda v: [float(x) for x in v.split(",") if x], default=[5.0, 3.0],
                     help="more guidance scales to evaluate (comma-separated; empty: none)")
@@ -433,7 +573,7 @@ def main():
     if args.resume and args.init_from:
         ap.error("--resume and --init-from exclude each other")
     hard = args.init_from is not None
-    for k, fresh, init in (("unet_lr_floor", 0.1, 0.03), ("oversample_pair", 1.0, 2.5),
+    for k, fresh, init in (("unet_lr_floor", 0.1, 0.03), ("oversample_pair", 2.0, 2.5),
                            ("oversample_single_bg", 1.0, 1.5), ("oversample_multi", 1.0, 1.5)):
         if getattr(args, k) is None:
             setattr(args, k, init if hard else fresh)
@@ -461,7 +601,7 @@ def main():
 
     # ---- data
     t = time.time()
-    images, tokens, empty, used, kinds = build_data(args, tok)
+    images, tokens, empty, used, kinds, layout = build_data(args, tok)
     images = images.to(dev)
     tokens = tokens.to(dev)
     report["phases"]["data"] = {"seconds": time.time() - t, "scenes": args.scenes, "distinct_tokens": len(used)}
@@ -545,13 +685,18 @@ def main():
         mix = torch.bincount(kinds, weights=w_kind[kinds], minlength=4) / weights.sum().cpu()
         log("oversampling: " + ", ".join(f"{dataset.KIND_NAMES[i]} x{float(w_kind[i]):g} -> {100 * float(mix[i]):.1f}%"
                                           for i in range(4)))
+    if args.speed_probe:
+        budget = args.unet_time
+        if args.max_wall:
+            budget = min(budget, args.max_wall - (time.time() - T0) - args.tail_reserve)
+        report["speed_probe"] = speed_probe(args, te, unet, tokens, dev, lat_mean.shape[1:], budget)
     if args.max_wall:
         fit = args.max_wall - (time.time() - T0) - args.tail_reserve
         if fit < args.unet_time:
             log(f"unet time budget {args.unet_time:.0f}s -> {max(fit, 1.0):.0f}s to end by --max-wall {args.max_wall:.0f}s")
             args.unet_time = max(fit, 1.0)
     steps, secs = train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, empty, dev, curve,
-                             state["unet_steps"], periodic, weights)
+                             state["unet_steps"], periodic, weights, layout.to(dev))
     state["unet_steps"] += steps
     state["unet_seconds"] += secs
     final_mse = next((c["mse"] for c in reversed(curve) if c["phase"] == "unet"), None)
@@ -559,7 +704,9 @@ def main():
                           "unet_seconds": secs, "unet_lr": args.unet_lr, "unet_batch": args.unet_batch,
                           "final_mse": final_mse, "resumed": bool(args.resume),
                           "init_from": str(args.init_from) if args.init_from else None,
-                          "lr_floor": args.unet_lr_floor,
+                          "lr_floor": args.unet_lr_floor, "offset_noise": args.offset_noise,
+                          "layout_probe": args.layout_probe,
+                          "compile": args.compile, "channels_last": args.channels_last,
                           "curve": [[c["step"], round(c["mse"], 5), float(f"{c['lr']:.3g}")] for c in curve
                                     if c["phase"] == "unet"],  # [global step, MSE of the last 100, lr]
                           "oversample": {"pair": args.oversample_pair, "single_bg": args.oversample_single_bg,
