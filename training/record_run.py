@@ -44,18 +44,6 @@ def parse_log(path: Path) -> dict:
             "curve": curve}
 
 
-def evaluation(folder: Path, device: str, extra_seeds: int) -> tuple[dict, dict]:
-    pipe = semantic_eval.load_pipeline(folder, device)
-    ev = semantic_eval.evaluate_pipeline(pipe, None, extra_seeds)
-    sweep = {}
-    for g in (5.0, 3.0):
-        e2 = semantic_eval.evaluate_images(semantic_eval.generate(
-            pipe, [p["prompt"] for p in semantic_eval.EVAL_PROMPTS], [p["seed"] for p in semantic_eval.EVAL_PROMPTS],
-            guidance=g))
-        sweep[str(g)] = e2["accuracy"]
-    return ev, sweep
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", type=Path, required=True)
@@ -71,11 +59,9 @@ def main():
     run_log = parse_log(a.log)
     args = run_log["info"]["args"]
     for i, log_json in enumerate(a.earlier_log):
-        ev = json.loads(log_json.read_text()).get("eval")
-        if ev and i < len(state["runs"]):
-            state["runs"][i]["eval"] = {"passed": ev["passed"], "total": ev["total"],
-                                        "extra_seeds": ev.get("extra_seeds"),
-                                        "guidance": json.loads(log_json.read_text()).get("eval_guidance")}
+        earlier = json.loads(log_json.read_text())
+        if earlier.get("eval") and i < len(state["runs"]):
+            state["runs"][i]["eval"] = train.eval_record(earlier["eval"], earlier.get("eval_guidance"))
 
     earlier_steps = sum(r["unet_steps"] for r in state["runs"])
     earlier_seconds = sum(r["unet_seconds"] for r in state["runs"])
@@ -87,23 +73,16 @@ def main():
     if a.out.exists():
         shutil.rmtree(a.out)
     sizes = export.export_pipeline(a.out, vae, te_ema, unet_ema, state["scaling_factor"])
-    ev, sweep = evaluation(a.out, a.device, a.extra_seeds)
+    pipe = semantic_eval.load_pipeline(a.out, a.device)
+    ev = semantic_eval.evaluate_pipeline(pipe, None, a.extra_seeds)
+    sweep = semantic_eval.guidance_sweep(pipe, (5.0, 3.0))
     print(f"semantic accuracy {ev['passed']}/{ev['total']}, extra seeds "
           f"{ev['extra_seeds']['passed']}/{ev['extra_seeds']['total']}, guidance sweep {sweep}")
 
-    run = {"seed": args["seed"], "scenes": args["scenes"], "unet_time": run_log["planned_unet_time"],
-           "unet_steps": steps, "unet_seconds": seconds, "unet_lr": args["unet_lr"], "unet_batch": args["unet_batch"],
-           "final_mse": curve[-1][1], "resumed": bool(args.get("resume")), "init_from": args.get("init_from"),
-           "lr_floor": args["unet_lr_floor"], "offset_noise": args.get("offset_noise", 0.0),
-           "layout_probe": args.get("layout_probe", 0.0), "compile": args.get("compile", False),
-           "channels_last": args.get("channels_last", False),
-           "stopped": f"stopped at its last checkpoint, {seconds:.0f} s into its planned "
-                      f"{run_log['planned_unet_time']:.0f} s, at lr {curve[-1][2]:.2g}",
-           "curve": curve,
-           "oversample": {"pair": args["oversample_pair"], "single_bg": args["oversample_single_bg"],
-                          "multi": args["oversample_multi"]},
-           "eval": {"passed": ev["passed"], "total": ev["total"], "extra_seeds": ev.get("extra_seeds"),
-                    "guidance": sweep}}
+    run = train.run_record(dict(args, unet_time=run_log["planned_unet_time"]), steps, seconds, curve)
+    run["stopped"] = (f"stopped at its last checkpoint, {seconds:.0f} s into its planned "
+                      f"{run_log['planned_unet_time']:.0f} s, at lr {curve[-1][2]:.2g}")
+    run["eval"] = train.eval_record(ev, sweep)
     state["runs"].append(run)
     state.pop("vae_done", None)
     (a.out / "training.json").write_text(json.dumps(state, indent=1) + "\n")

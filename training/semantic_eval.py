@@ -243,6 +243,12 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps=EVAL_STEPS, guida
     return out
 
 
+def guidance_sweep(pipe, scales) -> dict:
+    """{str(guidance): accuracy} of the fixed prompts (their own seeds) at each guidance scale."""
+    prompts, seeds = [p["prompt"] for p in EVAL_PROMPTS], [p["seed"] for p in EVAL_PROMPTS]
+    return {str(g): evaluate_images(generate(pipe, prompts, seeds, guidance=g))["accuracy"] for g in scales}
+
+
 def grid(images: list[np.ndarray], cols: int = 8) -> np.ndarray:
     h, w = images[0].shape[:2]
     rows = (len(images) + cols - 1) // cols

@@ -513,6 +513,30 @@ def speed_probe(args, te, unet, tokens, dev, latent_shape, budget: float, steps:
     return {"modes": results, "chosen": best}
 
 
+# ---------------------------------------------------------------------------------------------- records
+
+def args_dict(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "fused"}
+
+
+def run_record(a: dict, steps: int, seconds: float, curve: list) -> dict:
+    """One UNet run's entry of training.json. a: the run's arguments (as in log.json); curve: [global step, MSE of
+    the last 100 steps, lr] points."""
+    return {"seed": a["seed"], "scenes": a["scenes"], "unet_time": a["unet_time"], "unet_steps": steps,
+            "unet_seconds": seconds, "unet_lr": a["unet_lr"], "unet_batch": a["unet_batch"],
+            "final_mse": curve[-1][1] if curve else None, "resumed": bool(a.get("resume")),
+            "init_from": a.get("init_from"), "lr_floor": a["unet_lr_floor"],
+            "offset_noise": a.get("offset_noise", 0.0), "layout_probe": a.get("layout_probe", 0.0),
+            "compile": a.get("compile", False), "channels_last": a.get("channels_last", False), "curve": curve,
+            "oversample": {"pair": a["oversample_pair"], "single_bg": a["oversample_single_bg"],
+                           "multi": a["oversample_multi"]}}
+
+
+def eval_record(ev: dict, guidance: dict | None) -> dict:
+    """The evaluation summary kept in a run's entry of training.json."""
+    return {"passed": ev["passed"], "total": ev["total"], "extra_seeds": ev.get("extra_seeds"), "guidance": guidance}
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def main():
@@ -590,7 +614,7 @@ def main():
     import diffusers
     import transformers
     info = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "python": sys.version.split()[0], "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "fused"}}
+            "python": sys.version.split()[0], "args": args_dict(args)}
     log("start", json.dumps(info))
     report = {"info": info, "curve": [], "phases": {}}
     curve = report["curve"]
@@ -700,17 +724,8 @@ def main():
     state["unet_steps"] += steps
     state["unet_seconds"] += secs
     final_mse = next((c["mse"] for c in reversed(curve) if c["phase"] == "unet"), None)
-    state["runs"].append({"seed": args.seed, "scenes": args.scenes, "unet_time": args.unet_time, "unet_steps": steps,
-                          "unet_seconds": secs, "unet_lr": args.unet_lr, "unet_batch": args.unet_batch,
-                          "final_mse": final_mse, "resumed": bool(args.resume),
-                          "init_from": str(args.init_from) if args.init_from else None,
-                          "lr_floor": args.unet_lr_floor, "offset_noise": args.offset_noise,
-                          "layout_probe": args.layout_probe,
-                          "compile": args.compile, "channels_last": args.channels_last,
-                          "curve": [[c["step"], round(c["mse"], 5), float(f"{c['lr']:.3g}")] for c in curve
-                                    if c["phase"] == "unet"],  # [global step, MSE of the last 100, lr]
-                          "oversample": {"pair": args.oversample_pair, "single_bg": args.oversample_single_bg,
-                                         "multi": args.oversample_multi}})
+    state["runs"].append(run_record(args_dict(args), steps, secs, [
+        [c["step"], round(c["mse"], 5), float(f"{c['lr']:.3g}")] for c in curve if c["phase"] == "unet"]))
     report["phases"]["unet"] = {"steps": steps, "seconds": secs, "batch": args.unet_batch,
                                 "total_steps": state["unet_steps"], "final_mse": final_mse}
     log(f"unet: {steps} steps in {secs:.1f}s (total {state['unet_steps']})")
@@ -740,16 +755,10 @@ def main():
             + (f"; extra seeds {ev['extra_seeds']['passed']}/{ev['extra_seeds']['total']}"
                if "extra_seeds" in ev else "") + f" ({time.time() - t:.1f}s)")
         report["eval"] = ev
-        for g in args.eval_guidance_sweep:  # guidance sensitivity, fixed prompts only
-            e2 = semantic_eval.evaluate_images(semantic_eval.generate(
-                pipe, [p["prompt"] for p in semantic_eval.EVAL_PROMPTS],
-                [p["seed"] for p in semantic_eval.EVAL_PROMPTS], guidance=g))
-            report.setdefault("eval_guidance", {})[str(g)] = e2["accuracy"]
-            log(f"semantic accuracy at guidance {g}: {e2['passed']}/{e2['total']}")
-    if "eval" in report:
-        ev = report["eval"]
-        state["runs"][-1]["eval"] = {"passed": ev["passed"], "total": ev["total"],
-                                     "extra_seeds": ev.get("extra_seeds"), "guidance": report.get("eval_guidance")}
+        if args.eval_guidance_sweep:  # guidance sensitivity, fixed prompts only
+            report["eval_guidance"] = semantic_eval.guidance_sweep(pipe, args.eval_guidance_sweep)
+            log(f"semantic accuracy at other guidance scales: {report['eval_guidance']}")
+        state["runs"][-1]["eval"] = eval_record(ev, report.get("eval_guidance"))
     (exp / "training.json").write_text(json.dumps({k: v for k, v in state.items() if k != "vae_done"}, indent=1) + "\n")
     export.write_model_card(exp, report)
     export.pack(exp, args.out / "sdrt-demo.tar.gz")
