@@ -316,8 +316,8 @@ def _render_range(args):
 
 
 def make_dataset(n: int, seed: int, size: int = 128, n_captions: int = 4, workers: int = 1,
-                 return_kinds: bool = False):
-    """Renders scenes 0..n-1: (uint8 [n, size, size, 3], list of n lists of captions) and, with return_kinds,
+                 with_labels: bool = False):
+    """Renders scenes 0..n-1: (uint8 [n, size, size, 3], list of n lists of captions) and, with with_labels,
     int8 [n] of kind_code()s and int8 [n, 4, 2] of layout_targets()."""
     chunk = 2000
     jobs = [(seed, a, min(a + chunk, n), size, n_captions) for a in range(0, n, chunk)]
@@ -328,7 +328,7 @@ def make_dataset(n: int, seed: int, size: int = 128, n_captions: int = 4, worker
         parts = [_render_range(j) for j in jobs]
     images = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, size, size, 3), np.uint8)
     captions = [c for p in parts for c in p[1]]
-    if return_kinds:
+    if with_labels:
         kinds = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int8)
         targets = np.concatenate([p[3] for p in parts]) if parts else np.empty((0, 4, 2), np.int8)
         return images, captions, kinds, targets

@@ -224,7 +224,7 @@ def save_png(arr: np.ndarray, path: Path):
 def build_data(args, tok):
     t = time.time()
     images, captions, kinds, layout = dataset.make_dataset(args.scenes, args.seed, IMAGE_SIZE, args.captions,
-                                                           args.workers, return_kinds=True)
+                                                           args.workers, with_labels=True)
     t_render = time.time() - t
     flat = [c for cs in captions for c in cs]
     uniq = sorted(set(flat))
@@ -326,7 +326,7 @@ class LayoutProbe(torch.nn.Module):
         self.head = torch.nn.Linear(hidden, len(dataset.LAYOUT_SLOTS) * (self.n_colours + self.n_shapes))
 
     def forward(self, hidden_states, ids, targets):
-        """hidden_states [B, 77, hidden], ids [B, 77], targets [B, 4, 2] (-1: none) -> (loss, accuracy, count)."""
+        """hidden_states [B, 77, hidden], ids [B, 77], targets [B, 4, 2] (-1: none) -> (loss, accuracy)."""
         eos = (ids == TE_CONFIG["eos_token_id"]).int().argmax(1)                         # [B] first <|endoftext|>
         pad = (torch.arange(ids.shape[1], device=ids.device)[None] > eos[:, None]).float()  # [B, 77]
         pooled = (hidden_states.float() * pad[..., None]).sum(1) / pad.sum(1, keepdim=True).clamp(min=1)
@@ -339,7 +339,7 @@ class LayoutProbe(torch.nn.Module):
             correct = correct + ((lg.argmax(-1) == tg) & valid).sum()
             count = count + valid.sum()
         n = count.clamp(min=1)
-        return loss / n, correct / n, count
+        return loss / n, correct / n
 
 
 def train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, empty, dev, curve, start_step,
@@ -365,10 +365,7 @@ def train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, 
     if args.compile:  # compiled on a throw-away forward + backward, so that compiling costs no training budget
         t = time.time()
         unet_fwd = torch.compile(unet)
-        xt, t_rand = _dummy_inputs(args, dev, lat_mean.shape[1:])
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            ctx = te(input_ids=tokens[:args.unet_batch, 0].long()).last_hidden_state
-            unet_fwd(xt, t_rand, encoder_hidden_states=ctx).sample.float().square().mean().backward()
+        _dummy_loss(te, unet_fwd, tokens, dev, lat_mean.shape[1:], args.unet_batch, args.channels_last).backward()
         for p in params:
             p.grad = None
         log(f"unet compiled in {time.time() - t:.1f}s")
@@ -397,8 +394,8 @@ def train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, 
         ids = tokens[idx, k].long()
         drop = torch.rand(B, device=dev, generator=g) < args.cfg_drop
         ids = torch.where(drop[:, None], empty[None], ids)
-        if probe is not None:
-            targets = torch.where(drop[:, None, None], torch.full_like(layout[idx], -1), layout[idx])
+        if probe is not None:  # no layout targets for the empty captions
+            targets = layout[idx].masked_fill(drop[:, None, None], -1)
         z = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, device=dev, generator=g)) * sf
         t = torch.randint(0, 1000, (B,), device=dev, generator=g)
         noise = torch.randn(z.shape, device=dev, generator=g)
@@ -413,7 +410,7 @@ def train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, 
         per = ((pred.float() - noise) ** 2).mean((1, 2, 3))
         loss = (per * w_snr[t]).mean()
         if probe is not None:
-            probe_loss, probe_acc, _ = probe(ctx, ids, targets)
+            probe_loss, probe_acc = probe(ctx, ids, targets)
             loss = loss + args.layout_probe * probe_loss
             probe_sum = probe_sum + torch.stack([probe_loss.detach(), probe_acc.detach()])
         opt.zero_grad(set_to_none=True)
@@ -453,11 +450,15 @@ def train_unet(args, te, unet, te_ema, unet_ema, lat_mean, lat_std, sf, tokens, 
     return step, time.time() - t0
 
 
-def _dummy_inputs(args, dev, latent_shape):
-    xt = torch.randn(args.unet_batch, *latent_shape, device=dev)
-    if args.channels_last:
+def _dummy_loss(te, unet_fwd, tokens, dev, latent_shape, batch: int, channels_last: bool):
+    """A forward pass on random latents and the data's first captions, for compiling and timing only."""
+    xt = torch.randn(batch, *latent_shape, device=dev)
+    if channels_last:
         xt = xt.contiguous(memory_format=torch.channels_last)
-    return xt, torch.randint(0, 1000, (args.unet_batch,), device=dev)
+    t = torch.randint(0, 1000, (batch,), device=dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        ctx = te(input_ids=tokens[:batch, 0].long()).last_hidden_state
+        return unet_fwd(xt, t, encoder_hidden_states=ctx).sample.float().square().mean()
 
 
 def speed_probe(args, te, unet, tokens, dev, latent_shape, budget: float, steps: int = 30) -> dict:
@@ -475,14 +476,9 @@ def speed_probe(args, te, unet, tokens, dev, latent_shape, budget: float, steps:
             fwd = torch.compile(unet_copy) if comp else unet_copy
             params = list(unet_copy.parameters()) + list(te_copy.parameters())
             opt = torch.optim.AdamW(params, lr=1e-6, **args.fused)
-            sub = argparse.Namespace(unet_batch=args.unet_batch, channels_last=cl)
-            xt, ts = _dummy_inputs(sub, dev, latent_shape)
-            ids = tokens[:args.unet_batch, 0].long()
 
             def one_step():
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                    ctx = te_copy(input_ids=ids).last_hidden_state
-                    loss = fwd(xt, ts, encoder_hidden_states=ctx).sample.float().square().mean()
+                loss = _dummy_loss(te_copy, fwd, tokens, dev, latent_shape, args.unet_batch, cl)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
