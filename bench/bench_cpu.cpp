@@ -15,8 +15,8 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
-#include "models/unet.h"
-#include "models/vae.h"
+#include "models/cpu/unet.h"
+#include "models/cpu/vae.h"
 #include "sdrt/error.h"
 
 namespace {
@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
   try {
     using Clock = std::chrono::steady_clock;
     auto start = Clock::now();
-    const auto unet = sdrt::models::UNet::from_folder(std::filesystem::path(model) / "unet");
+    const auto unet = sdrt::models::cpu::UNet::from_folder(std::filesystem::path(model) / "unet");
     fmt::print("load unet: {:.2f} s ({} parameters)\n",
                std::chrono::duration<double>(Clock::now() - start).count(), unet.parameter_count());
     const int64_t h = size / 8;
@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
                size, median(times), times.size(), peak_rss_gb());
     if (vae) {
       const auto autoencoder =
-          sdrt::models::AutoencoderKL::from_folder(std::filesystem::path(model) / "vae", {.encoder = false});
+          sdrt::models::cpu::AutoencoderKL::from_folder(std::filesystem::path(model) / "vae", {.encoder = false});
       const auto latents = random_tensor({1, autoencoder.config().latent_channels, h, h}, 3);
       start = Clock::now();
       const auto image = autoencoder.decode(latents);

@@ -20,7 +20,9 @@
 #include "io/diffusers_folder.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
-#include "pipeline/cuda_engine.h"
+#include "engines/diagnostics.h"
+#include "engines/engine.h"
+#include "loaders/model_source.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"
 
@@ -147,24 +149,18 @@ int main(int argc, char** argv) {
     std::cerr << fmt::format("load_model {:.3f} s\n", out["load_s"].get<double>());
 
     // Engine-level timings on a second engine over the same files (the Model keeps its engine private).
-    const auto folder = sdrt::io::DiffusersFolder::open(model_dir);
-    const auto unet_dir = folder.component_dir("unet"), vae_dir = folder.component_dir("vae");
-    const auto unet_config = sdrt::models::UNetConfig::from_json_file(unet_dir / "config.json");
-    const auto vae_config = sdrt::models::VaeConfig::from_json_file(vae_dir / "config.json");
-    const auto unet_store =
-        sdrt::io::WeightStore::from_component_dir(unet_dir, "diffusion_pytorch_model", true);
-    const auto vae_store =
-        sdrt::io::WeightStore::from_component_dir(vae_dir, "diffusion_pytorch_model", true);
-    auto engine = sdrt::CudaEngine::create({unet_config, unet_store, "unet", vae_config, vae_store, "vae"});
+    auto engine = sdrt::engines::create_cuda_engine(
+        sdrt::engines::describe_model(sdrt::loaders::resolve_model(model_dir, {.prefer_fp16 = true})));
+    sdrt::engines::Diagnostics& diagnostics = *engine->diagnostics();
     out["device"] = engine->device_name();
-    out["load_breakdown_s"] = engine->load_breakdown();  // of the second engine (page cache warm)
+    out["load_breakdown_s"] = diagnostics.load_breakdown();  // of the second engine (page cache warm)
 
     if (!unet_inputs.empty()) {
       const auto sample = sdrt::io::read_npy(std::filesystem::path(unet_inputs) / "sample.npy");
       const auto context = sdrt::io::read_npy(std::filesystem::path(unet_inputs) / "context.npy");
       std::ifstream f(std::filesystem::path(unet_inputs) / "inputs.json");
       const auto meta = nlohmann::json::parse(f);
-      const auto result = engine->unet_forward(sample, meta.at("timestep").get<double>(), context);
+      const auto result = diagnostics.unet_forward(sample, meta.at("timestep").get<double>(), context);
       if (!unet_output.empty()) sdrt::io::write_npy(unet_output, result);
       std::cerr << "unet parity output written\n";
     }
@@ -178,11 +174,11 @@ int main(int argc, char** argv) {
     {
       const sdrt::Tensor ctx = model.encode_prompts(model.resolve(o));
       engine->set_context(ctx);
-      out["unet_step_ms"] = engine->time_unet_step_ms(ctx.dim(0), latent, latent, iterations);
+      out["unet_step_ms"] = diagnostics.time_unet_step_ms(ctx.dim(0), latent, latent, iterations);
       out["unet_batch"] = ctx.dim(0);
-      out["breakdown_ms"] = engine->profile_unet_step(ctx.dim(0), latent, latent);
+      out["breakdown_ms"] = diagnostics.profile_unet_step(ctx.dim(0), latent, latent);
     }
-    out["vae_decode_ms"] = engine->time_vae_decode_ms(latent, latent, 10);
+    out["vae_decode_ms"] = diagnostics.time_vae_decode_ms(latent, latent, 10);
     {
       std::vector<double> times;
       for (int i = 0; i < 5; ++i) {

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Builds sdrt in release and in AddressSanitizer + UndefinedBehaviorSanitizer mode, runs the test suite in both,
-# then runs the fuzzers for a bounded time. Exits non-zero when any build, test or fuzzer fails.
+# Checks the include rules, builds sdrt in release and in AddressSanitizer + UndefinedBehaviorSanitizer mode,
+# runs the test suite in both, then runs the fuzzers for a bounded time. Exits non-zero when the include check,
+# any build, test or fuzzer fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The layers point one way (scripts/check_includes.py holds the rules); quick, so first.
+echo "== sdrt: include rules"
+python3 scripts/check_includes.py
 jobs=$(nproc)
 for preset in release asan; do
   echo "== sdrt: $preset build"

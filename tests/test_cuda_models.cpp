@@ -14,7 +14,9 @@
 #include "io/npy.h"
 #include "io/png.h"
 #include "io/safetensors.h"
-#include "pipeline/cuda_engine.h"
+#include "engines/diagnostics.h"
+#include "engines/engine.h"
+#include "loaders/model_source.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"
 #include "test_util.h"
@@ -39,27 +41,14 @@ double relative_l2(const Tensor& a, const Tensor& b) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
+// The CUDA engine of a tiny model folder, with its diagnostics.
 struct Engine {
-  models::UNetConfig unet_config;
-  models::VaeConfig vae_config;
-  models::ClipTextConfig text_config;
-  io::WeightStore unet, vae, text;
-  std::unique_ptr<CudaEngine> engine;
+  std::unique_ptr<engines::Engine> engine;
+  engines::Diagnostics* diagnostics = nullptr;
 
   explicit Engine(const std::filesystem::path& dir)
-      : unet_config(models::UNetConfig::from_json_file(dir / "unet" / "config.json")),
-        vae_config(models::VaeConfig::from_json_file(dir / "vae" / "config.json")),
-        text_config(models::ClipTextConfig::from_json_file(dir / "text_encoder" / "config.json")),
-        unet(io::WeightStore::from_component_dir(dir / "unet", "diffusion_pytorch_model")),
-        vae(io::WeightStore::from_component_dir(dir / "vae", "diffusion_pytorch_model")),
-        text(io::WeightStore::from_component_dir(dir / "text_encoder", "model", true)) {
-    CudaEngine::Sources s{unet_config, unet, "unet", vae_config, vae, "vae"};
-    s.text_config = &text_config;
-    s.text_weights = &text;
-    s.text_prefix = models::clip_text_key_prefix(text);
-    s.text_label = "text_encoder";
-    engine = CudaEngine::create(s);
-  }
+      : engine(engines::create_cuda_engine(engines::describe_model(loaders::resolve_model(dir)))),
+        diagnostics(engine->diagnostics()) {}
 };
 
 class CudaModelGolden : public ::testing::TestWithParam<std::string> {};
@@ -74,7 +63,7 @@ TEST_P(CudaModelGolden, UNetMatchesDiffusers) {
     const Tensor sample = io::read_npy(dir / "reference" / c["sample"].get<std::string>());
     const Tensor context = io::read_npy(dir / "reference" / c["context"].get<std::string>());
     const Tensor want = io::read_npy(dir / "reference" / c["out"].get<std::string>());
-    const Tensor got = e.engine->unet_forward(sample, c["timestep"].get<double>(), context);
+    const Tensor got = e.diagnostics->unet_forward(sample, c["timestep"].get<double>(), context);
     const double err = relative_l2(got, want);
     std::printf("[ cuda unet ] %s %s: relative L2 %.2e\n", GetParam().c_str(),
                 shape_to_string(sample.shape()).c_str(), err);
@@ -109,7 +98,7 @@ TEST_P(CudaModelGolden, TextEncoderMatchesTransformers) {
     const Tensor want = io::read_npy(dir / "reference" / c["last_hidden_state"].get<std::string>());
     // The embeddings come from the CPU model (a table lookup), the layers from the GPU.
     const Tensor x = model.encode_prompt_full(prompt).hidden_states.front();
-    const Tensor got = e.engine->encode_text(x);
+    const Tensor got = e.diagnostics->encode_embeddings(x);
     const double err = relative_l2(got, want);
     std::printf("[ cuda text ] %s \"%s\": relative L2 %.2e\n", GetParam().c_str(), prompt.c_str(), err);
     EXPECT_LE(err, 5e-3);

@@ -32,7 +32,6 @@ using schedulers::SchedulerConfig;
 using schedulers::SchedulerKind;
 using schedulers::TorchGenerator;
 using sdrt::cuda::DeviceBuffer;
-namespace step_buffer = schedulers::step_buffer;
 
 // SD 1.5's scheduler config, and one that turns on the other code paths (PNDM's Runge-Kutta warm-up, DDIM's
 // clipping, third-order DPM-Solver++ with the Heun solver).
@@ -91,7 +90,7 @@ class DeviceLoop {
 
   // One step on the device with the host's model output (and noise from `rng` when the plan asks).
   void step(Scheduler& s, size_t i, const Tensor& model_output, TorchGenerator& rng, const Shape& shape) {
-    const schedulers::StepPlan plan = s.plan_step(i);
+    const StepPlan plan = s.plan_step(i);
     sdrt::cuda::upload(tc::context(), buffers_[step_buffer::kModelOutput].data(), model_output.raw_data(),
                        model_output.nbytes());
     if (plan.needs_noise) {
@@ -162,9 +161,9 @@ TEST(CudaScheduler, DevicePlansMatchHostStepForEveryScheduler) {
 
 TEST(CudaScheduler, RejectsPlansNamingMissingBuffers) {
   SDRT_REQUIRE_CUDA();
-  schedulers::StepPlan plan;
-  schedulers::StepInstruction load;
-  load.op = schedulers::StepOpcode::kLoad;
+  StepPlan plan;
+  StepInstruction load;
+  load.op = StepOpcode::kLoad;
   load.buffer = step_buffer::state(0);
   plan.program.push_back(load);
   DeviceBuffer sample(4 * sizeof(float));

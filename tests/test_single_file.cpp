@@ -8,7 +8,8 @@
 #include "io/json_file.h"
 #include "io/png.h"
 #include "io/safetensors.h"
-#include "io/single_file.h"
+#include "io/safetensors_writer.h"
+#include "loaders/single_file.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"
 #include "test_util.h"
@@ -136,8 +137,8 @@ TEST_P(SingleFileGolden, ConvertRoundTrip) {
 INSTANTIATE_TEST_SUITE_P(TinyModels, SingleFileGolden, ::testing::Values("sd1", "sd2"));
 
 TEST(SingleFileDetect, FamilyPredictionAndConfigs) {
-  const auto sd1 = io::SingleFile::open(dir() / "sd1.safetensors");
-  EXPECT_EQ(sd1.family(), io::SdFamily::kSd1);
+  const auto sd1 = loaders::SingleFile::open(dir() / "sd1.safetensors");
+  EXPECT_EQ(sd1.family(), loaders::SdFamily::kSd1);
   EXPECT_EQ(sd1.prediction_type(), "epsilon");
   EXPECT_EQ(sd1.unet()->config["attention_head_dim"], 8);
   EXPECT_EQ(sd1.unet()->config["use_linear_projection"], false);
@@ -150,8 +151,8 @@ TEST(SingleFileDetect, FamilyPredictionAndConfigs) {
   EXPECT_EQ(sd1.tokenizer_config().pad_token, "<|endoftext|>");
   EXPECT_EQ(sd1.vae()->config["scaling_factor"], 0.18215);
 
-  const auto sd2 = io::SingleFile::open(dir() / "sd2.safetensors");
-  EXPECT_EQ(sd2.family(), io::SdFamily::kSd2);
+  const auto sd2 = loaders::SingleFile::open(dir() / "sd2.safetensors");
+  EXPECT_EQ(sd2.family(), loaders::SdFamily::kSd2);
   EXPECT_EQ(sd2.prediction_type(), "v_prediction");  // from sd2.yaml
   EXPECT_EQ(sd2.prediction_source(), (dir() / "sd2.yaml").string());
   EXPECT_EQ(sd2.unet()->config["use_linear_projection"], true);
@@ -164,16 +165,17 @@ TEST(SingleFileDetect, FamilyPredictionAndConfigs) {
   EXPECT_EQ(sd2.scheduler_config()["_class_name"], "PNDMScheduler");
 
   // The option wins over the yaml; without a yaml SD 2.x defaults to epsilon.
-  EXPECT_EQ(io::SingleFile::open(dir() / "sd2.safetensors", {.prediction_type = "epsilon"}).prediction_type(),
-            "epsilon");
+  EXPECT_EQ(
+      loaders::SingleFile::open(dir() / "sd2.safetensors", {.prediction_type = "epsilon"}).prediction_type(),
+      "epsilon");
   TempDir tmp;
   fs::copy_file(dir() / "sd2.safetensors", tmp / "plain.safetensors");
-  EXPECT_EQ(io::SingleFile::open(tmp / "plain.safetensors").prediction_type(), "epsilon");
-  EXPECT_EQ(io::SingleFile::open(tmp / "plain.safetensors", {.prediction_type = "v_prediction"})
+  EXPECT_EQ(loaders::SingleFile::open(tmp / "plain.safetensors").prediction_type(), "epsilon");
+  EXPECT_EQ(loaders::SingleFile::open(tmp / "plain.safetensors", {.prediction_type = "v_prediction"})
                 .scheduler_config()["prediction_type"],
             "v_prediction");
   EXPECT_NE(message_of([&] {
-              io::SingleFile::open(tmp / "plain.safetensors", {.prediction_type = "x0"});
+              loaders::SingleFile::open(tmp / "plain.safetensors", {.prediction_type = "x0"});
             }).find("x0"),
             std::string::npos);
 
@@ -193,8 +195,8 @@ TEST(SingleFileDetect, FamilyPredictionAndConfigs) {
 
 TEST(SingleFileEma, PrefersEmaWeights) {
   // sd1.safetensors stores the real UNet weights as EMA and perturbed ones under model.diffusion_model.*.
-  const auto ema = io::SingleFile::open(dir() / "sd1.safetensors");
-  const auto live = io::SingleFile::open(dir() / "sd1.safetensors", {.prefer_ema = false});
+  const auto ema = loaders::SingleFile::open(dir() / "sd1.safetensors");
+  const auto live = loaders::SingleFile::open(dir() / "sd1.safetensors", {.prefer_ema = false});
   EXPECT_TRUE(ema.uses_ema());
   EXPECT_FALSE(live.uses_ema());
   const std::string key = "down_blocks.0.resnets.0.conv1.weight";

@@ -6,7 +6,7 @@
 
 #include "io/json_file.h"
 #include "io/npy.h"
-#include "models/unet.h"
+#include "models/cpu/unet.h"
 #include "sdrt/error.h"
 #include "test_util.h"
 
@@ -30,7 +30,7 @@ class UNetGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(UNetGolden, MatchesDiffusers) {
   const auto dir = fixtures_dir() / GetParam();
-  const auto unet = models::UNet::from_folder(dir / "unet");
+  const auto unet = models::cpu::UNet::from_folder(dir / "unet");
   const auto cases = io::read_json_file(dir / "reference" / "unet_cases.json")["cases"];
   ASSERT_EQ(cases.size(), 3u);
   for (const auto& c : cases) {
@@ -78,7 +78,7 @@ TEST(UNetLoading, WeightShapeDisagreesWithConfig) {
   config["cross_attention_dim"] = 48;
   testing::write_file(dir / "unet" / "config.json", config.dump());
   try {
-    models::UNet::from_folder(dir / "unet");
+    models::cpu::UNet::from_folder(dir / "unet");
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kModel);

@@ -9,14 +9,14 @@
 
 #include "io/json_file.h"
 #include "io/npy.h"
-#include "models/vae.h"
+#include "models/cpu/vae.h"
 #include "sdrt/error.h"
 #include "test_util.h"
 
 namespace sdrt {
 namespace {
 
-using models::AutoencoderKL;
+using models::cpu::AutoencoderKL;
 using testing::copy_fixture;
 using testing::fixtures_dir;
 using testing::TempDir;

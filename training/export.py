@@ -292,7 +292,7 @@ if __name__ == "__main__":
     import argparse
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import train  # noqa: E402
+    import model_def  # noqa: E402
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", help="folder with ckpt.pt (or ckpt.pt.000, ...)")
@@ -306,7 +306,7 @@ if __name__ == "__main__":
         sys.exit(0)
     if not (a.ckpt and a.out):
         ap.error("--ckpt and --out (or --card and --log)")
-    vae, te, unet, te_ema, unet_ema, state = train.load_checkpoint(Path(a.ckpt), "cpu")
+    vae, te, unet, te_ema, unet_ema, state = model_def.load_checkpoint(Path(a.ckpt), "cpu")
     sizes = export_pipeline(Path(a.out), vae, te if a.raw else te_ema, unet if a.raw else unet_ema,
                             state["scaling_factor"])
     print(json.dumps(sizes, indent=1), f"total {sum(sizes.values()) / 2**20:.2f} MiB")

@@ -23,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import export  # noqa: E402
+import model_def  # noqa: E402
 import semantic_eval  # noqa: E402
 import train  # noqa: E402
 
@@ -55,7 +56,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
 
-    vae, _, _, te_ema, unet_ema, state = train.load_checkpoint(a.ckpt, "cpu")
+    vae, _, _, te_ema, unet_ema, state = model_def.load_checkpoint(a.ckpt, "cpu")
     run_log = parse_log(a.log)
     args = run_log["info"]["args"]
     for i, log_json in enumerate(a.earlier_log):

@@ -106,7 +106,7 @@ class Sampling {
 class Model {
  public:
   // Loads a diffusers folder: tokenizer, text encoder, and (unless text_encoder_only) unet, vae, scheduler; or a
-  // single-file SD 1.x / 2.x checkpoint in the original layout (.safetensors / .ckpt, see io/single_file.h).
+  // single-file SD 1.x / 2.x checkpoint in the original layout (.safetensors / .ckpt; loaders/single_file.h).
   static Model load(const std::filesystem::path& path, const LoadOptions& options = {});
   // Describes a model without loading its weights (reads configs and safetensors headers only).
   static ModelInfo inspect(const std::filesystem::path& path);

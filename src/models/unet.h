@@ -1,29 +1,29 @@
-// UNet2DConditionModel (diffusers), CPU fp32, NCHW — the reference every other backend is tested against.
+// UNet2DConditionModel (diffusers), described once: the config, the block plan and the checkpoint key of every
+// weight. The CPU executor (models/cpu/unet.h, fp32 NCHW) and the CUDA executor (models/cuda/unet.h, fp16 NHWC)
+// both build their layers from a UNetDescription and run its block plan; neither restates the structure.
 //
-//   sample [B, in, h, w], timestep t, context [B, 77, cross_dim]
-//   emb = time_embedding(timestep_proj(t))                               [B, 4·C0]
-//   x = conv_in(sample)                                                   [B, C0, h, w]
-//   down blocks: (ResnetBlock2D [+ Transformer2D]) × layers, then a stride-2 conv; every output kept as a
-//   skip mid block:   ResnetBlock2D, Transformer2D, ResnetBlock2D up blocks:   (concat skip, ResnetBlock2D [+
-//   Transformer2D]) × (layers + 1), then nearest ×2 + conv out = conv_out(silu(conv_norm_out(x))) [B, out, h,
-//   w]
+//   sample [B, in, h, w], timestep t, context [B, S, cross_dim]
+//   emb = time_embedding(timestep_embedding(t))                          [B, 4·C0]
+//   x = conv_in(sample)                                                  [B, C0, h, w]        (kept as a skip)
+//   down blocks: (ResnetBlock2D [+ Transformer2D]) × layers, then a stride-2 conv; every output kept as a skip
+//   mid block:   ResnetBlock2D, Transformer2D, ResnetBlock2D
+//   up blocks:   (concat the last skip, ResnetBlock2D [+ Transformer2D]) × (layers + 1), then nearest up-
+//                sampling to the next skip's size + conv
+//   out = conv_out(silu(conv_norm_out(x)))                               [B, out, h, w]
 // The architecture comes from unet/config.json with diffusers' meanings, including its reading of
 // "attention_head_dim" as the number of heads when "num_attention_heads" is absent.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <filesystem>
-
-#include <memory>
-#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "models/layers.h"
-#include "sdrt/tensor.h"
+#include <nlohmann/json.hpp>
 
-namespace sdrt::io {
-class WeightStore;
-}
+#include "models/layer_specs.h"
 
 namespace sdrt::models {
 
@@ -54,32 +54,71 @@ struct UNetConfig {
   static UNetConfig from_json(const nlohmann::json& j, const std::string& what);
 };
 
-class UNet {
- public:
-  // unet/ of a diffusers folder: config.json + diffusion_pytorch_model(.fp16).safetensors (or sharded).
-  static UNet from_folder(const std::filesystem::path& dir);
-  // From weights already opened, keyed by diffusers' names; `config_source` names the config in errors.
-  static UNet from_weights(const UNetConfig& config, const io::WeightStore& weights,
-                           const std::string& config_source);
-  UNet(UNet&&) noexcept;
-  UNet& operator=(UNet&&) noexcept;
-  ~UNet();
-
-  const UNetConfig& config() const { return config_; }
-  int64_t parameter_count() const;
-
-  // sample [B, in, h, w], context [B, S, cross_attention_dim] -> [B, out, h, w]. One timestep for the batch.
-  Tensor forward(const Tensor& sample, double timestep, const Tensor& context) const;
-
-  struct Blocks;  // the module tree (defined in unet.cpp)
-
- private:
-  UNet();
-  UNetConfig config_;
-  std::unique_ptr<Blocks> blocks_;
+// diffusers' Attention inside BasicTransformerBlock: no q/k/v bias, to_out.0 with bias.
+struct AttentionSpec {
+  LinearSpec to_q;          // dim -> dim
+  LinearSpec to_k, to_v;    // context_dim -> dim
+  LinearSpec to_out;        // dim -> dim
+  int64_t dim = 0, heads = 1, context_dim = 0;
+  bool cross = false;       // k/v from the context (attn2) rather than from x (attn1)
+  int64_t head_dim() const { return dim / heads; }
 };
 
-// diffusers' get_timestep_embedding for one timestep: [dim] sinusoidal features.
+// BasicTransformerBlock: pre-LayerNorm self-attention, cross-attention and GEGLU feed-forward, each added to
+// the residual stream x [B, N, dim].
+struct TransformerBlockSpec {
+  LayerNormSpec norm1, norm2, norm3;
+  AttentionSpec attn1, attn2;
+  LinearSpec ff_proj;  // GEGLU: dim -> 2·inner (value half, then gate half)
+  LinearSpec ff_out;   // inner -> dim
+};
+
+// Transformer2DModel (continuous input): GroupNorm, proj_in, transformer blocks, proj_out, + x.
+// proj_in / proj_out are 1×1 convolutions (SD 1.x) or linears (use_linear_projection, SD 2.x): on the token
+// layout both are the same matrix product.
+struct Transformer2DSpec {
+  GroupNormSpec norm;  // eps 1e-6
+  LinearSpec proj_in;  // C -> C
+  std::vector<TransformerBlockSpec> blocks;
+  LinearSpec proj_out;  // C -> C
+};
+
+// One step of the block plan, between conv_in and conv_norm_out. The plan keeps a stack of skips.
+struct UNetStep {
+  enum class Kind {
+    kResnet,       // x = resnets[index](x, emb)
+    kTransformer,  // x = transformers[index](x, context)
+    kDownsample,   // x = downsamplers[index](x): a stride-2 conv
+    kUpsample,     // x = upsamplers[index](nearest(x, size of the top skip))
+    kPushSkip,     // skips.push(x)
+    kConcatSkip,   // x = concat_channels(x, skips.pop())
+  };
+  Kind kind;
+  size_t index = 0;
+};
+
+struct UNetDescription {
+  UNetConfig config;
+  int64_t time_embed_dim = 0;  // 4·C0: the width of emb
+  LinearSpec time_linear_1;    // C0 -> 4·C0
+  LinearSpec time_linear_2;    // 4·C0 -> 4·C0
+  Conv2dSpec conv_in;          // in -> C0
+  std::vector<ResnetSpec> resnets;
+  std::vector<Transformer2DSpec> transformers;
+  std::vector<Conv2dSpec> downsamplers, upsamplers;
+  std::vector<UNetStep> steps;  // the block plan
+  GroupNormSpec conv_norm_out;  // [C0], followed by SiLU
+  Conv2dSpec conv_out;          // C0 -> out
+
+  // Every tensor the checkpoint must hold, in plan order.
+  std::vector<WeightSpec> weights() const;
+};
+
+// The description of the UNet `config` defines (keys are diffusers' names).
+UNetDescription describe_unet(const UNetConfig& config);
+
+// diffusers' get_timestep_embedding for one timestep: [dim] sinusoidal features (float32, diffusers' order of
+// operations; the CUDA kernel follows the same).
 std::vector<float> timestep_embedding(double timestep, int64_t dim, bool flip_sin_to_cos, double freq_shift);
 
 }  // namespace sdrt::models

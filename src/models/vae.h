@@ -1,12 +1,12 @@
-// AutoencoderKL (diffusers' VAE), CPU fp32.
+// AutoencoderKL (diffusers' VAE), described once: config, block plans and checkpoint keys. The CPU executor
+// (models/cpu/vae.h) runs both halves; the CUDA executor (models/cuda/vae.h) the decoder.
 //
 //   decode: z [B, L, h, w] -> post_quant_conv -> Decoder -> image [B, 3, h·f, w·f]   (f = 2^(blocks - 1))
 //     Decoder: conv_in -> mid block -> up blocks (ResnetBlock2D × (layers_per_block + 1), Upsample2D but the
 //              last) -> GroupNorm + SiLU -> conv_out
 //   encode: image [B, 3, H, W] -> Encoder -> quant_conv -> moments [B, 2L, H/f, W/f] (mean, logvar)
-//     Encoder: conv_in -> down blocks (ResnetBlock2D × layers_per_block, Downsample2D but the last) -> mid
-//     block
-//              -> GroupNorm + SiLU -> conv_out
+//     Encoder: conv_in -> down blocks (ResnetBlock2D × layers_per_block, Downsample2D but the last)
+//              -> mid block -> GroupNorm + SiLU -> conv_out
 //   mid block: ResnetBlock2D -> single-head self-attention over all pixels -> ResnetBlock2D
 // The architecture comes from vae/config.json; weights are keyed by diffusers' checkpoint names. Images are
 // in diffusers' raw range (about [-1, 1]); latents are unscaled (already divided by scaling_factor).
@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "models/layer_specs.h"
 #include "sdrt/tensor.h"
 
 namespace sdrt::io {
@@ -58,66 +59,45 @@ struct VaeParts {
   bool decoder = true;
 };
 
-class AutoencoderKL {
- public:
-  // Loads vae/ of a diffusers folder: config.json + diffusion_pytorch_model(.fp16).safetensors.
-  static AutoencoderKL from_folder(const std::filesystem::path& dir, VaeParts parts = {});
-  static AutoencoderKL from_weights(const VaeConfig& config, const io::WeightStore& weights,
-                                    const std::string& config_source, VaeParts parts = {});
-
-  const VaeConfig& config() const { return config_; }
-  bool has_encoder() const { return has_encoder_; }
-  bool has_decoder() const { return has_decoder_; }
-
-  // latents [B, L, h, w] -> image [B, out_channels, h·f, w·f], before the pipeline's /2 + 0.5.
-  Tensor decode(const Tensor& latents) const;
-  // image [B, in_channels, H, W] in [-1, 1] -> moments [B, 2L, H/f, W/f] (each halving rounds down): mean
-  // channels, then logvar channels.
-  Tensor encode(const Tensor& image) const;
-
-  int64_t parameter_count() const;
-
- private:
-  struct Conv {
-    Tensor w, b;  // [out, in, k, k], [out]
-    int64_t in = 0, out = 0, kernel = 0;
-  };
-  struct Norm {
-    Tensor w, b;  // GroupNorm affine, [channels]
-  };
-  struct Resnet {  // ResnetBlock2D without time embedding
-    Norm norm1, norm2;
-    Conv conv1, conv2;
-    std::optional<Conv> conv_shortcut;  // 1x1, when in != out
-  };
-  struct Attention {  // diffusers Attention with one head of all channels and a residual connection
-    Norm group_norm;
-    Tensor q_w, q_b, k_w, k_b, v_w, v_b, out_w, out_b;  // linear [C, C], [C]
-  };
-  struct MidBlock {  // UNetMidBlock2D
-    Resnet resnet0, resnet1;
-    std::optional<Attention> attention;
-  };
-  struct Block {  // DownEncoderBlock2D / UpDecoderBlock2D
-    std::vector<Resnet> resnets;
-    std::optional<Conv> resample;  // Downsample2D / Upsample2D convolution
-  };
-  struct Coder {  // Encoder or Decoder
-    Conv conv_in;
-    std::vector<Block> blocks;
-    MidBlock mid;
-    Norm norm_out;
-    Conv conv_out;
-  };
-
-  class Loader;
-  class Runner;
-
-  VaeConfig config_;
-  bool has_encoder_ = false, has_decoder_ = false;
-  Coder encoder_, decoder_;
-  std::optional<Conv> quant_conv_, post_quant_conv_;  // 1x1
+// diffusers' Attention in the VAE's mid block: one head over all channels, + x.
+struct VaeAttentionSpec {
+  GroupNormSpec group_norm;                // [C], eps 1e-6
+  LinearSpec to_q, to_k, to_v, to_out;     // C -> C, with bias
 };
+
+// One step of an encoder's / decoder's block plan, between conv_in and norm_out.
+struct VaeStep {
+  enum class Kind {
+    kResnet,      // x = resnets[index](x)
+    kAttention,   // x = attentions[index](x)
+    kDownsample,  // x = samplers[index](x): stride-2 conv, padded right / bottom by one
+    kUpsample,    // x = samplers[index](nearest ×2 (x))
+  };
+  Kind kind;
+  size_t index = 0;
+};
+
+// Encoder:  image [B, 3, H, W] -> conv_in -> plan -> GroupNorm + SiLU -> conv_out -> quant_conv -> moments
+// Decoder:  z [B, L, h, w] -> post_quant_conv (quant_conv here) -> conv_in -> plan -> GroupNorm + SiLU -> conv_out
+struct VaeCoderSpec {
+  Conv2dSpec conv_in;
+  std::vector<ResnetSpec> resnets;
+  std::vector<VaeAttentionSpec> attentions;
+  std::vector<Conv2dSpec> samplers;
+  std::vector<VaeStep> steps;  // the block plan
+  GroupNormSpec norm_out;
+  Conv2dSpec conv_out;
+  std::optional<Conv2dSpec> quant_conv;  // 1×1: after the encoder (quant_conv), before the decoder (post_quant_conv)
+};
+
+struct VaeDescription {
+  VaeConfig config;
+  std::optional<VaeCoderSpec> encoder, decoder;  // the halves asked for
+  std::vector<WeightSpec> weights() const;
+};
+
+// The description of the AutoencoderKL `config` defines (keys are diffusers' names).
+VaeDescription describe_vae(const VaeConfig& config, VaeParts parts = {});
 
 // diffusers' postprocess to 8-bit: (x / 2 + 0.5).clamp(0, 1), then (x · 255).round() (half to even, as
 // numpy). image [1, 3, H, W] (or [3, H, W]) -> H·W·3 bytes, row-major RGB.

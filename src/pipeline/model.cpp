@@ -5,7 +5,9 @@
 #include "io/diffusers_folder.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
-#include "io/single_file.h"
+#include "engines/model_description.h"
+#include "loaders/model_source.h"
+#include "loaders/single_file.h"
 #include "pipeline/model_impl.h"
 #include "sdrt/error.h"
 
@@ -25,169 +27,25 @@ schedulers::PredictionType parse_prediction(const std::string& name) {
               fmt::format("prediction type \"{}\": expected epsilon or v_prediction", name));
 }
 
-// The VAE to swap in (LoadOptions::vae): a single file in either layout.
-models::AutoencoderKL load_vae_file(const std::filesystem::path& file) {
-  const auto vae = io::SingleFile::open_vae(file);
-  const auto label = file.string() + " (vae)";
-  return models::AutoencoderKL::from_weights(models::VaeConfig::from_json(vae.vae()->config, label),
-                                             vae.store(*vae.vae()), label, {.encoder = false});
-}
-
-// Checks that the components agree with each other (both load paths).
-void check_components(const Model::Impl& m, const std::filesystem::path& path) {
-  if (m.tokenizer.max_length() > m.text_encoder.config().max_position_embeddings)
-    throw Error(
-        ErrorKind::kModel,
-        fmt::format("{}: tokenizer max length {} exceeds the text encoder's max_position_embeddings {}",
-                    path.string(), m.tokenizer.max_length(),
-                    m.text_encoder.config().max_position_embeddings));
-  if (static_cast<int64_t>(m.tokenizer.vocab_size()) > m.text_encoder.config().vocab_size)
-    throw Error(
-        ErrorKind::kModel,
-        fmt::format("{}: tokenizer vocabulary ({} entries) is larger than the text encoder's vocab_size {}",
-                    path.string(), m.tokenizer.vocab_size(), m.text_encoder.config().vocab_size));
-  if (!m.unet_config) return;
-  const auto& unet = *m.unet_config;
-  if (unet.cross_attention_dim != m.text_encoder.config().hidden_size)
-    throw Error(
-        ErrorKind::kModel,
-        fmt::format("{}: unet cross_attention_dim {} does not match the text encoder's hidden_size {}",
-                    path.string(), unet.cross_attention_dim, m.text_encoder.config().hidden_size));
-  if (unet.in_channels != m.vae_config->latent_channels)
-    throw Error(ErrorKind::kModel,
-                fmt::format("{}: unet in_channels {} does not match the vae's latent_channels {}",
-                            path.string(), unet.in_channels, m.vae_config->latent_channels));
-}
-
-// A single-file checkpoint: every component from one file, configs derived by io::SingleFile.
-Model::Impl load_single_file(const std::filesystem::path& path, const LoadOptions& options) {
-  const auto file = io::SingleFile::open(
-      path, {.prediction_type = options.prediction_type, .text_encoder_only = options.text_encoder_only});
-  const auto label = [&](const char* component) { return fmt::format("{} ({})", path.string(), component); };
-  auto tokenizer = text::ClipTokenizer::builtin(file.tokenizer_config());
-  const auto& te = *file.text_encoder();
-  auto text_encoder =
-      models::ClipTextModel::from_weights(models::ClipTextConfig::from_json(te.config, label("text_encoder")),
-                                          file.store(te), "text_model.", label("text_encoder"));
-  Model::Impl m{path, path.stem().string(), std::move(tokenizer), std::move(text_encoder), {}, {}, {}, {}};
-  if (options.text_encoder_only) return m;
-  const auto& unet = *file.unet();
-  const auto unet_config = models::UNetConfig::from_json(unet.config, label("unet"));
-  if (options.device == Device::kCuda) {
-    if (!options.vae.empty())
-      throw Error(ErrorKind::kUnsupported, "--vae with --device cuda is not supported yet");
-    const auto& vae = *file.vae();
-    const auto vae_config = models::VaeConfig::from_json(vae.config, label("vae"));
-    const auto vae_store = file.store(vae);
-    m.cuda = CudaEngine::create(
-        {unet_config, file.store(unet), label("unet"), vae_config, vae_store, label("vae")});
-    m.unet_config = unet_config;
-    m.vae_config = vae_config;
-    m.load_cpu_vae = [path, vae_config, label] {
-      const auto again = io::SingleFile::open(path, {});
-      return models::AutoencoderKL::from_weights(vae_config, again.store(*again.vae()), label("vae"),
-                                                 {.encoder = false});
-    };
-  } else {
-    m.unet.emplace(models::UNet::from_weights(unet_config, file.store(unet), label("unet")));
-    if (options.vae.empty()) {
-      const auto& vae = *file.vae();
-      m.vae.emplace(
-          models::AutoencoderKL::from_weights(models::VaeConfig::from_json(vae.config, label("vae")),
-                                              file.store(vae), label("vae"), {.encoder = false}));
-    } else {
-      m.vae.emplace(load_vae_file(options.vae));
-    }
-    m.unet_config = m.unet->config();
-    m.vae_config = m.vae->config();
-  }
-  m.scheduler_config =
-      schedulers::SchedulerConfig::from_json_text(file.scheduler_config().dump(), label("scheduler"));
-  return m;
-}
-
 }  // namespace
 
 Model Model::load(const std::filesystem::path& path, const LoadOptions& options) {
-  std::error_code ec;
-  if (std::filesystem::is_regular_file(path, ec)) {
-    auto impl = std::make_unique<Impl>(load_single_file(path, options));
-    check_components(*impl, path);
-    return Model(std::move(impl));
+  // One path for every source and device: resolve the folder or file, describe its networks, build the engine.
+  // A text-encoder-only model always runs on the CPU (it serves tokenize / encode).
+  const Device device = options.text_encoder_only ? Device::kHost : options.device;
+  auto source = loaders::resolve_model(path, {.text_encoder_only = options.text_encoder_only,
+                                              .prediction_type = options.prediction_type,
+                                              .vae = options.vae,
+                                              .prefer_fp16 = device == Device::kCuda});
+  const engines::ModelDescription description = engines::describe_model(source);
+  auto impl = std::unique_ptr<Impl>(new Impl{source.path, source.name, std::move(source.tokenizer), {}, {}, {}, {}});
+  if (description.unet) {
+    impl->unet_config = description.unet->config;
+    impl->vae_config = description.vae->config;
+    impl->scheduler_config = schedulers::SchedulerConfig::from_json_text(*source.scheduler_config, source.scheduler_label);
+    if (options.prediction_type) impl->scheduler_config->prediction_type = parse_prediction(*options.prediction_type);
   }
-  const auto folder = io::DiffusersFolder::open(path);
-  auto tokenizer = text::ClipTokenizer::from_folder(folder.component_dir("tokenizer"));
-  // With the CUDA engine the GPU runs the text encoder's layers; the host keeps only the embedding tables.
-  auto text_encoder = models::ClipTextModel::from_folder(
-      folder.component_dir("text_encoder"), options.device == Device::kCuda && !options.text_encoder_only);
-  if (tokenizer.max_length() > text_encoder.config().max_position_embeddings)
-    throw Error(
-        ErrorKind::kModel,
-        fmt::format("{}: tokenizer max length {} exceeds the text encoder's max_position_embeddings {}",
-                    path.string(), tokenizer.max_length(), text_encoder.config().max_position_embeddings));
-  if (static_cast<int64_t>(tokenizer.vocab_size()) > text_encoder.config().vocab_size)
-    throw Error(
-        ErrorKind::kModel,
-        fmt::format("{}: tokenizer vocabulary ({} entries) is larger than the text encoder's vocab_size {}",
-                    path.string(), tokenizer.vocab_size(), text_encoder.config().vocab_size));
-  auto impl = std::unique_ptr<Impl>(new Impl{path,
-                                             std::filesystem::absolute(path).filename().string(),
-                                             std::move(tokenizer),
-                                             std::move(text_encoder),
-                                             {},
-                                             {},
-                                             {},
-                                             {}});
-  if (impl->name.empty()) impl->name = std::filesystem::absolute(path).parent_path().filename().string();
-  if (!options.text_encoder_only) {
-    if (options.device == Device::kCuda) {
-      if (!options.vae.empty())
-        throw Error(ErrorKind::kUnsupported, "--vae with --device cuda is not supported yet");
-      const auto unet_dir = folder.component_dir("unet"), vae_dir = folder.component_dir("vae");
-      const auto unet_config = models::UNetConfig::from_json_file(unet_dir / "config.json");
-      const auto vae_config = models::VaeConfig::from_json_file(vae_dir / "config.json");
-      const auto unet_store = io::WeightStore::from_component_dir(unet_dir, "diffusion_pytorch_model", true);
-      const auto vae_store = io::WeightStore::from_component_dir(vae_dir, "diffusion_pytorch_model", true);
-      const auto text_dir = folder.component_dir("text_encoder");
-      const auto text_store = io::WeightStore::from_component_dir(text_dir, "model", true);
-      CudaEngine::Sources sources{unet_config, unet_store, (unet_dir / "config.json").string(),
-                                  vae_config,  vae_store,  (vae_dir / "config.json").string()};
-      sources.text_config = &impl->text_encoder.config();
-      sources.text_weights = &text_store;
-      sources.text_prefix = models::clip_text_key_prefix(text_store);
-      sources.text_label = (text_dir / "config.json").string();
-      impl->cuda = CudaEngine::create(sources);
-      impl->cuda_text_encoder = true;
-      impl->unet_config = unet_config;
-      impl->vae_config = vae_config;
-      impl->load_cpu_vae = [vae_dir] {
-        return models::AutoencoderKL::from_folder(vae_dir, {.encoder = false});
-      };
-    } else {
-      impl->unet.emplace(models::UNet::from_folder(folder.component_dir("unet")));
-      if (options.vae.empty())
-        impl->vae.emplace(
-            models::AutoencoderKL::from_folder(folder.component_dir("vae"), {.encoder = false}));
-      else
-        impl->vae.emplace(load_vae_file(options.vae));
-      impl->unet_config = impl->unet->config();
-      impl->vae_config = impl->vae->config();
-    }
-    impl->scheduler_config_path = folder.component_dir("scheduler") / "scheduler_config.json";
-    impl->scheduler_config = schedulers::SchedulerConfig::from_json_file(impl->scheduler_config_path);
-    if (options.prediction_type)
-      impl->scheduler_config->prediction_type = parse_prediction(*options.prediction_type);
-    const auto& unet = *impl->unet_config;
-    if (unet.cross_attention_dim != impl->text_encoder.config().hidden_size)
-      throw Error(
-          ErrorKind::kModel,
-          fmt::format("{}: unet cross_attention_dim {} does not match the text encoder's hidden_size {}",
-                      path.string(), unet.cross_attention_dim, impl->text_encoder.config().hidden_size));
-    if (unet.in_channels != impl->vae_config->latent_channels)
-      throw Error(ErrorKind::kModel,
-                  fmt::format("{}: unet in_channels {} does not match the vae's latent_channels {}",
-                              path.string(), unet.in_channels, impl->vae_config->latent_channels));
-  }
+  impl->engine = engines::create_engine(device, description);
   return Model(std::move(impl));
 }
 
@@ -200,7 +58,7 @@ std::vector<int32_t> Model::tokenize(std::string_view prompt) const {
 }
 
 PromptEncoding Model::encode_ids(const std::vector<int32_t>& ids) const {
-  auto out = impl_->text_encoder.forward(ids, /*keep_hidden_states=*/true);
+  auto out = impl_->engine->encode_text_full(ids);
   return {std::move(out.last_hidden_state), std::move(out.hidden_states), std::move(out.pooler_output)};
 }
 
@@ -209,9 +67,7 @@ PromptEncoding Model::encode_prompt_full(std::string_view prompt) const {
 }
 
 Tensor Model::encode_prompt(std::string_view prompt) const {
-  if (impl_->cuda && impl_->cuda_text_encoder)
-    return impl_->cuda->encode_text(impl_->text_encoder.embed(tokenize(prompt)));
-  return impl_->text_encoder.forward(tokenize(prompt)).last_hidden_state;
+  return impl_->engine->encode_text(tokenize(prompt));
 }
 
 namespace {
@@ -251,11 +107,11 @@ namespace {
 
 // A single file: the family and prediction type it was read as, then the components it maps to.
 ModelInfo inspect_single_file(const std::filesystem::path& path) {
-  const auto file = io::SingleFile::open(path);
+  const auto file = loaders::SingleFile::open(path);
   ModelInfo info{path.string(), "StableDiffusionPipeline", {}};
   info.components.push_back({"checkpoint",
                              "single file",
-                             {{"family", io::sd_family_name(file.family())},
+                             {{"family", loaders::sd_family_name(file.family())},
                               {"prediction_type", file.prediction_type()},
                               {"prediction_source", file.prediction_source()},
                               {"ema", file.uses_ema() ? "yes" : "no"},

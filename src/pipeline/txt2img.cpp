@@ -1,7 +1,7 @@
 // Text-to-image, stage by stage, as diffusers' StableDiffusionPipeline.__call__ runs it:
 //   encode_prompt -> set_timesteps -> prepare_latents (randn · init_noise_sigma) -> for each timestep:
-//   scale_model_input, UNet on [uncond; cond], guidance, scheduler.step -> latents / scaling_factor -> VAE
-//   decode.
+//   scale_model_input, UNet on [uncond; cond], guidance, scheduler.step (one Engine::sampling_step) ->
+//   latents / scaling_factor -> VAE decode.
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -41,13 +41,6 @@ void check_finite(const Tensor& t, const std::string& what) {
     if (!std::isfinite(d[i]))
       throw Error(ErrorKind::kModel,
                   fmt::format("{} contain NaN or Inf (value {} at index {})", what, d[i], i));
-}
-
-bool all_finite(const Tensor& t) {
-  const float* d = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    if (!std::isfinite(d[i])) return false;
-  return true;
 }
 
 }  // namespace
@@ -151,54 +144,27 @@ Tensor Model::denoise(Sampling& sampling, const Tensor& context, double cfg_scal
                       const StepCallback& on_step) const {
   const auto& m = require_generation(*impl_);
   auto& s = *sampling.state_;
-  const bool guidance = context.dim(0) == 2;
-  const auto& timesteps = s.scheduler->timesteps();
-  const int total = static_cast<int>(timesteps.size());
-  const float g = static_cast<float>(cfg_scale);
-  if (m.cuda) {
-    // UNet (a CUDA graph replay), guidance and the scheduler's step all on the GPU: the latents stay there
-    // and come back when the loop ends, or stops.
-    m.cuda->set_context(context);
-    m.cuda->begin_sampling(s.latents, *s.scheduler);
-    for (size_t i = 0; i < timesteps.size(); ++i) {
-      const int64_t nonfinite = m.cuda->sampling_step(*s.scheduler, i, g, s.generator);
-      if (nonfinite > 0) {
-        s.latents = m.cuda->sampling_latents();
-        const std::string what = fmt::format("latents after step {}", i + 1);
-        check_finite(s.latents, what);  // names the first bad value
-        throw Error(ErrorKind::kModel, fmt::format("{} contain NaN or Inf", what));
-      }
-      if (on_step && !on_step(static_cast<int>(i) + 1, total)) {
-        s.latents = m.cuda->sampling_latents();
-        throw Error(ErrorKind::kCancelled, fmt::format("cancelled after step {} of {}", i + 1, total));
-      }
+  const int total = static_cast<int>(s.scheduler->timesteps().size());
+  // The engine keeps the latents on its device for the whole loop; they come back when the loop ends or
+  // stops.
+  auto& engine = *m.engine;
+  engine.set_context(context);
+  engine.begin_sampling(s.latents, *s.scheduler);
+  for (int i = 0; i < total; ++i) {
+    const int64_t nonfinite = engine.sampling_step(*s.scheduler, static_cast<size_t>(i),
+                                                   static_cast<float>(cfg_scale), s.generator);
+    if (nonfinite > 0) {
+      s.latents = engine.sampling_latents();
+      const std::string what = fmt::format("latents after step {}", i + 1);
+      check_finite(s.latents, what);  // names the first bad value
+      throw Error(ErrorKind::kModel, fmt::format("{} contain NaN or Inf", what));
     }
-    s.latents = m.cuda->sampling_latents();
-    return s.latents;
-  }
-  for (size_t i = 0; i < timesteps.size(); ++i) {
-    const Tensor scaled = s.scheduler->scale_model_input(s.latents, i);  // [1, C, h, w]
-    Tensor input = scaled;
-    if (guidance) {  // [uncond; cond] share the same latents
-      input = Tensor({2, scaled.dim(1), scaled.dim(2), scaled.dim(3)}, DType::kF32);
-      std::memcpy(input.data<float>(), scaled.data<float>(), scaled.nbytes());
-      std::memcpy(input.data<float>() + scaled.numel(), scaled.data<float>(), scaled.nbytes());
-    }
-    const Tensor out = m.unet->forward(input, timesteps[i], context);
-    Tensor noise_pred = Tensor(scaled.shape(), DType::kF32);
-    if (guidance) {  // uncond + g · (cond - uncond)
-      const float* uncond = out.data<float>();
-      const float* cond = uncond + scaled.numel();
-      float* p = noise_pred.data<float>();
-      for (int64_t k = 0; k < scaled.numel(); ++k) p[k] = uncond[k] + g * (cond[k] - uncond[k]);
-    } else {
-      noise_pred = out;
-    }
-    s.latents = s.scheduler->step(noise_pred, i, s.latents, s.generator);
-    check_finite(s.latents, fmt::format("latents after step {}", i + 1));
-    if (on_step && !on_step(static_cast<int>(i) + 1, total))
+    if (on_step && !on_step(i + 1, total)) {
+      s.latents = engine.sampling_latents();
       throw Error(ErrorKind::kCancelled, fmt::format("cancelled after step {} of {}", i + 1, total));
+    }
   }
+  s.latents = engine.sampling_latents();
   return s.latents;
 }
 
@@ -210,17 +176,7 @@ Image Model::decode_latents(const Tensor& latents) const {
   const float shift = static_cast<float>(vae.shift_factor.value_or(0.0));
   float* d = z.data<float>();
   for (int64_t i = 0; i < z.numel(); ++i) d[i] = d[i] / scale + shift;
-  Tensor image;
-  if (m.cuda) {
-    image = m.cuda->decode(z);  // [1, 3, H, W], fp16 on the GPU
-    if (!all_finite(image)) {
-      // fp16 overflow inside the VAE (it happens with some VAEs): decode again in fp32 on the CPU.
-      const models::AutoencoderKL cpu_vae = m.load_cpu_vae();
-      image = cpu_vae.decode(z);
-    }
-  } else {
-    image = m.vae->decode(z);  // [1, 3, H, W]
-  }
+  const Tensor image = m.engine->decode(z);  // [1, 3, H, W]
   check_finite(image, "decoded image values");
   return Image{static_cast<int>(image.dim(3)), static_cast<int>(image.dim(2)), models::image_to_rgb8(image)};
 }

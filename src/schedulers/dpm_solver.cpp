@@ -4,7 +4,7 @@
 //
 // The schedule is float64 numpy arithmetic stored as float32 sigmas and int64 timesteps; the update
 // coefficients are float32 0-d tensor math (log/exp are the C library's float versions, within an ulp of the
-// MKL/SLEEF kernels torch uses), and the step itself is a plan (step_plan.h).
+// MKL/SLEEF kernels torch uses), and the step itself is a plan (core/step_plan.h).
 #include <algorithm>
 #include <cmath>
 

@@ -2,7 +2,8 @@
 // scheduling_euler_ancestral_discrete.py), which share their sigma schedule.
 //
 // The schedule is built in float64 numpy arithmetic from the float32 training sigmas, then stored as float32;
-// the step's scalars are float32 as diffusers' 0-d tensors are, and the step itself a plan (step_plan.h).
+// the step's scalars are float32 as diffusers' 0-d tensors are, and the step itself a plan
+// (core/step_plan.h).
 //
 // Karras sigmas for Euler a are an sdrt extension: diffusers' EulerAncestralDiscreteScheduler has no
 // use_karras_sigmas, so Euler a Karras takes EulerDiscreteScheduler's Karras sigmas and timesteps and steps

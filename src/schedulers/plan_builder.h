@@ -14,7 +14,7 @@
 
 #include <fmt/format.h>
 
-#include "schedulers/step_plan.h"
+#include "core/step_plan.h"
 #include "sdrt/error.h"
 
 namespace sdrt::schedulers::detail {

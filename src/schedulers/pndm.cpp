@@ -1,7 +1,7 @@
 // PNDMScheduler (diffusers scheduling_pndm.py): pseudo linear multi-step (PLMS) steps, optionally preceded by
 // the Runge-Kutta (PRK) warm-up of the PNDM paper when skip_prk_steps is false.
 //
-// The step's scalars are float32 as diffusers' 0-d tensors are; the step itself is a plan (step_plan.h).
+// The step's scalars are float32 as diffusers' 0-d tensors are; the step itself is a plan (core/step_plan.h).
 #include <algorithm>
 #include <cmath>
 

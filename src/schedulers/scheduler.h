@@ -10,7 +10,7 @@
 //     latents = s->step(eps, i, latents, rng);
 //   }
 //
-// Each step is a StepPlan (schedulers/step_plan.h) that step() runs on the host; a device runs the same
+// Each step is a StepPlan (core/step_plan.h) that step() runs on the host; a device runs the same
 // plans on its own buffers through model_input_divisor, state_buffer_count and plan_step (see CudaEngine).
 #pragma once
 
@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "schedulers/step_plan.h"
+#include "core/step_plan.h"
 #include "schedulers/torch_rng.h"
 #include "sdrt/tensor.h"
 

@@ -25,10 +25,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include "io/npy.h"
-#include "io/png.h"
-#include "io/single_file.h"
 #include "sdrt/error.h"
+#include "sdrt/files.h"
 #include "sdrt/model.h"
 
 namespace {
@@ -115,7 +113,7 @@ int run_txt2img(Txt2ImgArgs args) {
   sdrt::validate_options(o);
   // AUTOMATIC1111 draws a random seed when none is given; it is printed and stored in the PNG.
   o.seed = args.seed ? *args.seed : std::random_device{}();
-  if (!args.init_noise.empty()) o.init_noise = sdrt::io::read_npy(args.init_noise);
+  if (!args.init_noise.empty()) o.init_noise = sdrt::read_npy(args.init_noise);
   sdrt::LoadOptions load;
   if (!args.prediction.empty()) load.prediction_type = args.prediction;
   load.vae = args.vae;
@@ -143,8 +141,7 @@ int run_txt2img(Txt2ImgArgs args) {
     StageTimer t("decode_latents");
     image = model.decode_latents(latents);
   }
-  sdrt::io::write_png(args.output, image.rgb, image.width, image.height,
-                      {{"parameters", model.parameters_text(o)}});
+  sdrt::write_png(args.output, image, {{"parameters", model.parameters_text(o)}});
   fmt::print(stderr, "wrote {}x{} image to {} (seed {})\n", image.width, image.height, args.output, o.seed);
   return 0;
 }
@@ -164,7 +161,7 @@ int run_encode(const std::string& model_path, const std::string& prompt, const s
     StageTimer t("encode_prompt");
     embedding = model.encode_prompt(prompt);
   }
-  sdrt::io::write_npy(output, embedding);
+  sdrt::write_npy(output, embedding);
   fmt::print(stderr, "wrote {} {} float32 to {}\n", sdrt::shape_to_string(embedding.shape()),
              "last_hidden_state", output);
   return 0;
@@ -193,12 +190,11 @@ int run_info(const std::string& model_path, bool as_json) {
 }
 
 int run_convert(const std::string& model_path, const std::string& output, const std::string& prediction) {
-  sdrt::io::SingleFileOptions options;
+  sdrt::ConvertOptions options;
   if (!prediction.empty()) options.prediction_type = prediction;
-  const auto file = sdrt::io::SingleFile::open(model_path, options);
-  sdrt::io::convert_to_diffusers(file, output);
-  fmt::print(stderr, "wrote {} ({}, {}) as a diffusers folder to {}\n", model_path,
-             sdrt::io::sd_family_name(file.family()), file.prediction_type(), output);
+  const auto converted = sdrt::convert_checkpoint(model_path, output, options);
+  fmt::print(stderr, "wrote {} ({}, {}) as a diffusers folder to {}\n", model_path, converted.family,
+             converted.prediction_type, output);
   return 0;
 }
 

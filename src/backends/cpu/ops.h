@@ -1,5 +1,5 @@
-// CPU reference ops, fp32, row-major. The matrix products go through BLAS (OpenBLAS, threaded across cores);
-// everything else is a plain loop. These are the numbers every other backend is tested against.
+// CPU reference ops, fp32, row-major. The matrix products go through oneDNN (dnnl_sgemm, sharing the
+// convolutions' OpenMP pool); everything else is a plain loop. Every other backend is tested against these.
 #pragma once
 
 #include <cstdint>

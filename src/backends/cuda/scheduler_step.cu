@@ -11,12 +11,6 @@
 namespace sdrt::cuda {
 namespace {
 
-using schedulers::kMaxStepBuffers;
-using schedulers::kMaxStepInstructions;
-using schedulers::kMaxStepRegisters;
-using schedulers::StepInstruction;
-using schedulers::StepOpcode;
-
 constexpr int kThreads = 256;
 
 struct DeviceStepPlan {
@@ -63,9 +57,9 @@ __global__ void step_plan_kernel(const DeviceStepPlan plan, int64_t n) {
 
 }  // namespace
 
-void launch_step_plan(const schedulers::StepPlan& plan, float* const* buffers, int buffer_count, int64_t n,
+void launch_step_plan(const StepPlan& plan, float* const* buffers, int buffer_count, int64_t n,
                       cudaStream_t stream) {
-  schedulers::validate_step_plan(plan, buffers, buffer_count);
+  validate_step_plan(plan, buffers, buffer_count);
   DeviceStepPlan device_plan{};
   device_plan.count = static_cast<int>(plan.program.size());
   for (size_t k = 0; k < plan.program.size(); ++k) device_plan.code[k] = plan.program[k];

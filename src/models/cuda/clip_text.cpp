@@ -7,45 +7,35 @@
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/elementwise.cuh"
 
-namespace sdrt::models::gpu {
+namespace sdrt::models::cuda {
 
-struct CudaClipText::Layers {
+struct ClipTextModel::Layers {
   struct Layer {
-    DLayerNorm ln1, ln2;
-    DLinear qkv, out_proj, fc1, fc2;
+    LayerNorm ln1, ln2;
+    Linear qkv, out_proj, fc1, fc2;
   };
   std::vector<Layer> layers;
-  DLayerNorm final_ln;
+  LayerNorm final_ln;
 };
 
-CudaClipText::CudaClipText() : layers_(std::make_unique<Layers>()) {}
-CudaClipText::CudaClipText(CudaClipText&&) noexcept = default;
-CudaClipText& CudaClipText::operator=(CudaClipText&&) noexcept = default;
-CudaClipText::~CudaClipText() = default;
+ClipTextModel::ClipTextModel() : layers_(std::make_unique<Layers>()) {}
+ClipTextModel::ClipTextModel(ClipTextModel&&) noexcept = default;
+ClipTextModel& ClipTextModel::operator=(ClipTextModel&&) noexcept = default;
+ClipTextModel::~ClipTextModel() = default;
 
-CudaClipText CudaClipText::load(Context& ctx, const ClipTextConfig& config, const io::WeightStore& store,
-                                const std::string& prefix, const std::string& config_source) {
-  CudaClipText te;
-  te.config_ = config;
-  const WeightSource w{store, config_source};
-  const int64_t D = config.hidden_size, I = config.intermediate_size;
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    const std::string p = fmt::format("{}encoder.layers.{}.", prefix, i);
-    Layers::Layer l;
-    l.ln1 = DLayerNorm::load(ctx, w, p + "layer_norm1", D, config.layer_norm_eps);
-    l.qkv = DLinear::load_stacked(
-        ctx, w, {p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"}, D, D, true);
-    l.out_proj = DLinear::load(ctx, w, p + "self_attn.out_proj", D, D, true);
-    l.ln2 = DLayerNorm::load(ctx, w, p + "layer_norm2", D, config.layer_norm_eps);
-    l.fc1 = DLinear::load(ctx, w, p + "mlp.fc1", D, I, true);
-    l.fc2 = DLinear::load(ctx, w, p + "mlp.fc2", I, D, true);
-    te.layers_->layers.push_back(std::move(l));
-  }
-  te.layers_->final_ln = DLayerNorm::load(ctx, w, prefix + "final_layer_norm", D, config.layer_norm_eps);
+ClipTextModel ClipTextModel::load(Context& ctx, const ClipTextDescription& d, const WeightSource& w) {
+  ClipTextModel te;
+  te.config_ = d.config;
+  for (const auto& spec : d.layers)
+    te.layers_->layers.push_back({LayerNorm::load(ctx, w, spec.layer_norm1), LayerNorm::load(ctx, w, spec.layer_norm2),
+                                  Linear::load_stacked(ctx, w, {&spec.q_proj, &spec.k_proj, &spec.v_proj}),
+                                  Linear::load(ctx, w, spec.out_proj), Linear::load(ctx, w, spec.fc1),
+                                  Linear::load(ctx, w, spec.fc2)});
+  te.layers_->final_ln = LayerNorm::load(ctx, w, d.final_layer_norm);
   return te;
 }
 
-Act CudaClipText::forward(Context& ctx, ActivationPool& pool, const Act& x_in) const {
+Act ClipTextModel::forward(Context& ctx, ActivationPool& pool, const Act& x_in) const {
   const auto& c = config_;
   const int64_t B = x_in.n, S = x_in.h, D = c.hidden_size, I = c.intermediate_size;
   const int64_t H = c.num_attention_heads, head_dim = D / H, rows = B * S;
@@ -53,8 +43,8 @@ Act CudaClipText::forward(Context& ctx, ActivationPool& pool, const Act& x_in) c
   check(cudaMemcpyAsync(x.data(), x_in.data(), x.numel() * sizeof(__half), cudaMemcpyDeviceToDevice,
                         ctx.stream()),
         "text encoder input copy");
-  const bool quick = c.hidden_act == cpu::Activation::kQuickGelu;
-  if (!quick && c.hidden_act != cpu::Activation::kGelu)
+  const bool quick = c.hidden_act == Activation::kQuickGelu;
+  if (!quick && c.hidden_act != Activation::kGelu)
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("text encoder: activation {} is not supported on CUDA", c.hidden_act_name));
   for (const auto& l : layers_->layers) {
@@ -65,7 +55,7 @@ Act CudaClipText::forward(Context& ctx, ActivationPool& pool, const Act& x_in) c
     Act attn(pool, B, S, 1, D);
     {
       OpScope scope(ctx, "attention");
-      cuda::attention(ctx,
+      ops::attention(ctx,
                       {.batch = B,
                        .heads = H,
                        .seq_q = S,
@@ -84,10 +74,10 @@ Act CudaClipText::forward(Context& ctx, ActivationPool& pool, const Act& x_in) c
     const Act h2 = l.ln2.forward(ctx, pool, x);
     Act mlp(pool, B, S, 1, I);
     l.fc1.forward(ctx, h2.data(), mlp.data(), rows);
-    cuda::launch_gelu(mlp.data(), mlp.numel(), quick, ctx.stream());
+    ops::launch_gelu(mlp.data(), mlp.numel(), quick, ctx.stream());
     l.fc2.forward(ctx, mlp.data(), x.data(), rows, /*residual=*/x.data());
   }
   return layers_->final_ln.forward(ctx, pool, x);
 }
 
-}  // namespace sdrt::models::gpu
+}  // namespace sdrt::models::cuda

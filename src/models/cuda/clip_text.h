@@ -1,6 +1,6 @@
-// CLIP text encoder layers on CUDA (fp16), mirroring src/models/clip_text.h: the host computes the input
-// embeddings (a table lookup), the GPU runs every pre-LayerNorm block (causal self-attention, MLP) and the
-// final LayerNorm.
+// The CUDA executor of the CLIP text encoder (fp16), built from the ClipTextDescription in
+// src/models/clip_text.h: the host computes the input embeddings (a table lookup), the GPU runs every
+// pre-LayerNorm block (causal self-attention, MLP) and the final LayerNorm.
 #pragma once
 
 #include <memory>
@@ -8,16 +8,15 @@
 #include "models/clip_text.h"
 #include "models/cuda/layers.h"
 
-namespace sdrt::models::gpu {
+namespace sdrt::models::cuda {
 
-class CudaClipText {
+class ClipTextModel {
  public:
-  // `prefix` is prepended to every key ("" or transformers 4's "text_model.").
-  static CudaClipText load(Context& ctx, const ClipTextConfig& config, const io::WeightStore& weights,
-                           const std::string& prefix, const std::string& config_source);
-  CudaClipText(CudaClipText&&) noexcept;
-  CudaClipText& operator=(CudaClipText&&) noexcept;
-  ~CudaClipText();
+  // The layers `description` names (not the embedding tables: the host looks them up), streamed from `weights`.
+  static ClipTextModel load(Context& ctx, const ClipTextDescription& description, const WeightSource& weights);
+  ClipTextModel(ClipTextModel&&) noexcept;
+  ClipTextModel& operator=(ClipTextModel&&) noexcept;
+  ~ClipTextModel();
 
   // x [B, S, D] input embeddings -> last_hidden_state [B, S, D]
   Act forward(Context& ctx, ActivationPool& pool, const Act& x) const;
@@ -25,9 +24,9 @@ class CudaClipText {
   struct Layers;
 
  private:
-  CudaClipText();
+  ClipTextModel();
   ClipTextConfig config_;
   std::unique_ptr<Layers> layers_;
 };
 
-}  // namespace sdrt::models::gpu
+}  // namespace sdrt::models::cuda

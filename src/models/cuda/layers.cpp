@@ -12,7 +12,7 @@
 #include "backends/cuda/weight_upload.h"
 #include "io/safetensors.h"
 
-namespace sdrt::models::gpu {
+namespace sdrt::models::cuda {
 
 namespace {
 OpProfiler* g_active_profiler = nullptr;
@@ -121,22 +121,23 @@ void Act::reset() {
 
 namespace {
 
-cuda::WeightUploader::Source stored_source(const WeightSource& w, const std::string& name,
-                                           const Shape& expected) {
+ops::WeightUploader::Source stored_source(const WeightSource& w, const std::string& name, const Shape& expected) {
   w.check(name, expected);
-  const io::WeightStore::Bytes b = w.store.bytes(name);
-  const cuda::StoredType type = b.dtype == DType::kF16    ? cuda::StoredType::kF16
-                                : b.dtype == DType::kBF16 ? cuda::StoredType::kBF16
-                                                          : cuda::StoredType::kF32;
+  const auto b = w.bytes(name);
+  const ops::StoredType type = b.dtype == DType::kF16    ? ops::StoredType::kF16
+                               : b.dtype == DType::kBF16 ? ops::StoredType::kBF16
+                                                         : ops::StoredType::kF32;
   return {b.data, type, b.numel};
 }
 
-}  // namespace
+void weight_f16_into(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected,
+                     __half* dst) {
+  ctx.uploader().to_f16(stored_source(w, name, expected), dst);
+}
 
 DeviceBuffer weight_f16(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected) {
-  const auto src = stored_source(w, name, expected);
-  DeviceBuffer buffer(static_cast<size_t>(src.numel) * sizeof(__half));
-  ctx.uploader().to_f16(src, buffer.as<__half>());
+  DeviceBuffer buffer(static_cast<size_t>(shape_numel(expected)) * sizeof(__half));
+  weight_f16_into(ctx, w, name, expected, buffer.as<__half>());
   return buffer;
 }
 
@@ -147,122 +148,99 @@ DeviceBuffer weight_f32(Context& ctx, const WeightSource& w, const std::string& 
   return buffer;
 }
 
-void weight_f16_into(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected,
-                     __half* dst) {
-  ctx.uploader().to_f16(stored_source(w, name, expected), dst);
+}  // namespace
+
+Linear Linear::load(Context& ctx, const WeightSource& w, const LinearSpec& spec) {
+  return load_stacked(ctx, w, {&spec});
 }
 
-DLinear DLinear::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
-                      bool has_bias) {
-  DLinear l;
-  l.in = in;
-  l.out = out;
-  l.weight = weight_f16(ctx, w, prefix + ".weight", {out, in});
-  if (has_bias) l.bias = weight_f16(ctx, w, prefix + ".bias", {out});
-  return l;
-}
-
-DLinear DLinear::load_stacked(Context& ctx, const WeightSource& w, const std::vector<std::string>& prefixes,
-                              int64_t in, int64_t out_each, bool has_bias) {
-  const auto parts = static_cast<int64_t>(prefixes.size());
-  DLinear l;
-  l.in = in;
-  l.out = parts * out_each;
-  l.weight = DeviceBuffer(static_cast<size_t>(l.out * in) * sizeof(__half));
+Linear Linear::load_stacked(Context& ctx, const WeightSource& w, const std::vector<const LinearSpec*>& specs) {
+  Linear l;
+  if (specs.empty()) return l;
+  l.in = specs.front()->in;
+  const bool has_bias = specs.front()->bias;
+  for (const LinearSpec* s : specs) {
+    if (s->in != l.in || s->bias != has_bias)
+      throw Error(ErrorKind::kInternal, fmt::format("{}: stacked linears must share input width and bias", s->name));
+    l.out += s->out;
+  }
+  l.weight = DeviceBuffer(static_cast<size_t>(l.out * l.in) * sizeof(__half));
   if (has_bias) l.bias = DeviceBuffer(static_cast<size_t>(l.out) * sizeof(__half));
-  for (int64_t i = 0; i < parts; ++i) {
-    weight_f16_into(ctx, w, prefixes[i] + ".weight", {out_each, in},
-                    l.weight.as<__half>() + i * out_each * in);
-    if (has_bias)
-      weight_f16_into(ctx, w, prefixes[i] + ".bias", {out_each}, l.bias.as<__half>() + i * out_each);
+  int64_t row = 0;
+  for (const LinearSpec* s : specs) {
+    const auto keys = w.linear(*s);  // [out, in] or a 1×1 convolution's [out, in, 1, 1]: the same bytes
+    weight_f16_into(ctx, w, keys.weight, keys.weight_shape, l.weight.as<__half>() + row * l.in);
+    if (has_bias) weight_f16_into(ctx, w, keys.bias, {s->out}, l.bias.as<__half>() + row);
+    row += s->out;
   }
   return l;
 }
 
-DLinear DLinear::load_conv1x1(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in,
-                              int64_t out) {
-  DLinear l;
-  l.in = in;
-  l.out = out;
-  l.weight = weight_f16(ctx, w, prefix + ".weight", {out, in, 1, 1});
-  l.bias = weight_f16(ctx, w, prefix + ".bias", {out});
-  return l;
-}
-
-void DLinear::forward(Context& ctx, const __half* x, __half* y, int64_t rows, const __half* residual,
-                      int64_t x_stride) const {
+void Linear::forward(Context& ctx, const __half* x, __half* y, int64_t rows, const __half* residual,
+                     int64_t x_stride) const {
   OpScope scope(ctx, "gemm");
-  cuda::linear(ctx, {.x = x,
-                     .weight = weight.as<__half>(),
-                     .bias = bias.size() ? bias.as<__half>() : nullptr,
-                     .residual = residual,
-                     .y = y,
-                     .rows = rows,
-                     .in = in,
-                     .out = out,
-                     .x_stride = x_stride});
+  ops::linear(ctx, {.x = x,
+                    .weight = weight.as<__half>(),
+                    .bias = bias.size() ? bias.as<__half>() : nullptr,
+                    .residual = residual,
+                    .y = y,
+                    .rows = rows,
+                    .in = in,
+                    .out = out,
+                    .x_stride = x_stride});
 }
 
-DConv2d DConv2d::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
-                      int64_t kernel, int64_t stride, int64_t padding) {
-  DConv2d c;
-  c.in = in;
-  c.out = out;
-  c.kernel = kernel;
-  c.stride = stride;
-  const int64_t p = padding < 0 ? kernel / 2 : padding;
-  c.pad_top = c.pad_bottom = c.pad_left = c.pad_right = p;
+Conv2d Conv2d::load(Context& ctx, const WeightSource& w, const Conv2dSpec& spec) {
+  Conv2d c;
+  c.spec = spec;
   // torch [out, in, k, k] -> [out, k, k, in], permuted on the GPU
-  const std::string name = prefix + ".weight";
-  const auto src = stored_source(w, name, {out, in, kernel, kernel});
+  const auto src = stored_source(w, spec.name + ".weight", {spec.out, spec.in, spec.kernel, spec.kernel});
   c.weight = DeviceBuffer(static_cast<size_t>(src.numel) * sizeof(__half));
-  ctx.uploader().conv_to_ohwi_f16(src, out, in, kernel * kernel, c.weight.as<__half>());
-  c.bias = weight_f16(ctx, w, prefix + ".bias", {out});
+  ctx.uploader().conv_to_ohwi_f16(src, spec.out, spec.in, spec.kernel * spec.kernel, c.weight.as<__half>());
+  c.bias = weight_f16(ctx, w, spec.name + ".bias", {spec.out});
   return c;
 }
 
-Act DConv2d::forward(Context& ctx, ActivationPool& pool, const Act& x, const __half* residual) const {
-  if (x.c != in)
-    throw Error(ErrorKind::kInternal, fmt::format("conv: input has {} channels, expected {}", x.c, in));
-  const int64_t oh = cuda::conv_out_size(x.h, kernel, stride, pad_top, pad_bottom);
-  const int64_t ow = cuda::conv_out_size(x.w, kernel, stride, pad_left, pad_right);
-  Act y(pool, x.n, oh, ow, out);
+Act Conv2d::forward(Context& ctx, ActivationPool& pool, const Act& x, const __half* residual) const {
+  if (x.c != spec.in)
+    throw Error(ErrorKind::kInternal, fmt::format("conv: input has {} channels, expected {}", x.c, spec.in));
+  Act y(pool, x.n, spec.out_height(x.h), spec.out_width(x.w), spec.out);
   OpScope scope(ctx, "conv");
-  cuda::conv2d(ctx, {.x = x.data(),
-                     .weight = weight.as<__half>(),
-                     .bias = bias.as<__half>(),
-                     .residual = residual,
-                     .y = y.data(),
-                     .batch = x.n,
-                     .h = x.h,
-                     .w = x.w,
-                     .in = in,
-                     .out = out,
-                     .kernel = kernel,
-                     .stride = stride,
-                     .pad_top = pad_top,
-                     .pad_bottom = pad_bottom,
-                     .pad_left = pad_left,
-                     .pad_right = pad_right});
+  ops::conv2d(ctx, {.x = x.data(),
+                    .weight = weight.as<__half>(),
+                    .bias = bias.as<__half>(),
+                    .residual = residual,
+                    .y = y.data(),
+                    .batch = x.n,
+                    .h = x.h,
+                    .w = x.w,
+                    .in = spec.in,
+                    .out = spec.out,
+                    .kernel = spec.kernel,
+                    .stride = spec.stride,
+                    .pad_top = spec.pad_top,
+                    .pad_bottom = spec.pad_bottom,
+                    .pad_left = spec.pad_left,
+                    .pad_right = spec.pad_right});
   return y;
 }
 
-DGroupNorm DGroupNorm::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t groups,
-                            int64_t channels, float eps) {
-  DGroupNorm g;
-  g.groups = groups;
-  g.channels = channels;
-  g.eps = eps;
-  g.gamma = weight_f32(ctx, w, prefix + ".weight", {channels});
-  g.beta = weight_f32(ctx, w, prefix + ".bias", {channels});
+GroupNorm GroupNorm::load(Context& ctx, const WeightSource& w, const GroupNormSpec& spec) {
+  w.check(spec);
+  GroupNorm g;
+  g.groups = spec.groups;
+  g.channels = spec.channels;
+  g.eps = spec.eps;
+  g.gamma = weight_f32(ctx, w, spec.name + ".weight", {spec.channels});
+  g.beta = weight_f32(ctx, w, spec.name + ".bias", {spec.channels});
   return g;
 }
 
-Act DGroupNorm::forward(Context& ctx, ActivationPool& pool, const Act& x, bool silu, const __half* pre_bias,
-                        int64_t pre_bias_stride) const {
+Act GroupNorm::forward(Context& ctx, ActivationPool& pool, const Act& x, bool silu, const __half* pre_bias,
+                       int64_t pre_bias_stride) const {
   Act y(pool, x.n, x.h, x.w, x.c);
   OpScope scope(ctx, "group_norm");
-  cuda::launch_group_norm(
+  ops::launch_group_norm(
       {.x = x.data(),
        .y = y.data(),
        .gamma = gamma.as<float>(),
@@ -275,27 +253,26 @@ Act DGroupNorm::forward(Context& ctx, ActivationPool& pool, const Act& x, bool s
        .pre_bias_stride = pre_bias_stride,
        .eps = eps,
        .silu = silu,
-       .scratch = ctx.zeroed_scratch(cuda::group_norm_scratch_bytes(x.n, x.h * x.w, x.c, groups))},
+       .scratch = ctx.zeroed_scratch(ops::group_norm_scratch_bytes(x.n, x.h * x.w, x.c, groups))},
       ctx.stream());
   return y;
 }
 
-DLayerNorm DLayerNorm::load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t dim,
-                            float eps) {
-  DLayerNorm l;
-  l.dim = dim;
-  l.eps = eps;
-  l.gamma = weight_f32(ctx, w, prefix + ".weight", {dim});
-  l.beta = weight_f32(ctx, w, prefix + ".bias", {dim});
+LayerNorm LayerNorm::load(Context& ctx, const WeightSource& w, const LayerNormSpec& spec) {
+  LayerNorm l;
+  l.dim = spec.dim;
+  l.eps = spec.eps;
+  l.gamma = weight_f32(ctx, w, spec.name + ".weight", {spec.dim});
+  l.beta = weight_f32(ctx, w, spec.name + ".bias", {spec.dim});
   return l;
 }
 
-Act DLayerNorm::forward(Context& ctx, ActivationPool& pool, const Act& x) const {
+Act LayerNorm::forward(Context& ctx, ActivationPool& pool, const Act& x) const {
   Act y(pool, x.n, x.h, x.w, x.c);
   OpScope scope(ctx, "layer_norm");
-  cuda::launch_layer_norm(x.data(), y.data(), gamma.as<float>(), beta.as<float>(), x.rows(), dim, eps,
-                          ctx.stream());
+  ops::launch_layer_norm(x.data(), y.data(), gamma.as<float>(), beta.as<float>(), x.rows(), dim, eps,
+                         ctx.stream());
   return y;
 }
 
-}  // namespace sdrt::models::gpu
+}  // namespace sdrt::models::cuda

@@ -1,7 +1,7 @@
-// Building blocks of the CUDA models: fp16 weights on the device (uploaded once at load), NHWC fp16
-// activations drawn from a pool, and thin layer wrappers that call the CUDA op families in
-// src/backends/cuda/. Every model (UNet, VAE, text encoder) is written against these, mirroring the CPU
-// modules in src/models/ line by line.
+// The CUDA executor's layers: fp16 weights on the device, uploaded once from a layer spec
+// (models/layer_specs.h), NHWC fp16 activations drawn from a pool, and thin wrappers that call the CUDA op
+// families in src/backends/cuda/. The UNet, VAE decoder and text encoder executors are written against these;
+// their structure comes from the model descriptions in src/models/.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -13,13 +13,14 @@
 
 #include "backends/cuda/check.h"
 #include "backends/cuda/context.h"
-#include "models/layers.h"
+#include "models/layer_specs.h"
 
-namespace sdrt::models::gpu {
+namespace sdrt::models::cuda {
 
-using cuda::check;
-using cuda::Context;
-using cuda::DeviceBuffer;
+namespace ops = ::sdrt::cuda;  // the CUDA op families (src/backends/cuda/)
+using ops::check;
+using ops::Context;
+using ops::DeviceBuffer;
 
 // Per-op-family GPU time of eager forward passes, for the benchmark's breakdown: while a profiler is active,
 // every OpScope records a pair of CUDA events around its op. Never active during graph capture.
@@ -95,50 +96,36 @@ class Act {
   size_t bytes_ = 0;
 };
 
-// Weight `name` (shape checked against `expected`, as WeightSource::get) streamed from its stored bytes to
-// the device through the context's uploader, converted to fp16 / fp32 on the GPU. Asynchronous: the engine
-// calls Context::finish_uploads once everything is issued.
-DeviceBuffer weight_f16(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected);
-DeviceBuffer weight_f32(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected);
-// The same into existing device memory (stacked weights).
-void weight_f16_into(Context& ctx, const WeightSource& w, const std::string& name, const Shape& expected,
-                     __half* dst);
-
 // torch.nn.Linear with fp16 weight [out, in] and bias [out].
-struct DLinear {
+struct Linear {
   DeviceBuffer weight, bias;
   int64_t in = 0, out = 0;
-  static DLinear load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
-                      bool has_bias);
-  // Several Linears over the same input fused into one product: weights stacked along `out`.
-  static DLinear load_stacked(Context& ctx, const WeightSource& w, const std::vector<std::string>& prefixes,
-                              int64_t in, int64_t out_each, bool has_bias);
-  // From a 1×1 convolution's weight [out, in, 1, 1] (Transformer2D proj_in/proj_out in SD 1.x).
-  static DLinear load_conv1x1(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in,
-                              int64_t out);
+  // Streams the weights from their stored bytes to the device through the context's uploader, converted to
+  // fp16 on the GPU. Asynchronous: the engine calls Context::finish_uploads once everything is issued.
+  static Linear load(Context& ctx, const WeightSource& w, const LinearSpec& spec);
+  // Several Linears over the same input (same `in`, all with or all without bias) fused into one product:
+  // weights stacked along `out` in the order given.
+  static Linear load_stacked(Context& ctx, const WeightSource& w, const std::vector<const LinearSpec*>& specs);
   // y [rows, out] = x [rows, in] · Wᵀ + b (+ residual, which may alias y)
   void forward(Context& ctx, const __half* x, __half* y, int64_t rows, const __half* residual = nullptr,
                int64_t x_stride = 0) const;
 };
 
 // torch.nn.Conv2d, weight stored [out, k, k, in] for NHWC.
-struct DConv2d {
+struct Conv2d {
   DeviceBuffer weight, bias;
-  int64_t in = 0, out = 0, kernel = 3, stride = 1;
-  int64_t pad_top = 1, pad_bottom = 1, pad_left = 1, pad_right = 1;
-  static DConv2d load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t in, int64_t out,
-                      int64_t kernel, int64_t stride = 1, int64_t padding = -1 /* kernel / 2 */);
+  Conv2dSpec spec;  // channels, kernel, stride, padding
+  static Conv2d load(Context& ctx, const WeightSource& w, const Conv2dSpec& spec);
   // x [n, h, w, in] -> [n, h', w', out] (+ residual of the output's shape, fused)
   Act forward(Context& ctx, ActivationPool& pool, const Act& x, const __half* residual = nullptr) const;
 };
 
 // torch.nn.GroupNorm with fp32 affine parameters; optional fused SiLU and per-(batch, channel) pre-bias.
-struct DGroupNorm {
+struct GroupNorm {
   DeviceBuffer gamma, beta;
   int64_t groups = 32, channels = 0;
   float eps = 1e-5f;
-  static DGroupNorm load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t groups,
-                         int64_t channels, float eps);
+  static GroupNorm load(Context& ctx, const WeightSource& w, const GroupNormSpec& spec);
   // pre_bias: optional [batch, channels] added before the statistics, batch items pre_bias_stride apart (0:
   // channels).
   Act forward(Context& ctx, ActivationPool& pool, const Act& x, bool silu, const __half* pre_bias = nullptr,
@@ -146,13 +133,12 @@ struct DGroupNorm {
 };
 
 // torch.nn.LayerNorm over the channel (last) dimension.
-struct DLayerNorm {
+struct LayerNorm {
   DeviceBuffer gamma, beta;
   int64_t dim = 0;
   float eps = 1e-5f;
-  static DLayerNorm load(Context& ctx, const WeightSource& w, const std::string& prefix, int64_t dim,
-                         float eps);
+  static LayerNorm load(Context& ctx, const WeightSource& w, const LayerNormSpec& spec);
   Act forward(Context& ctx, ActivationPool& pool, const Act& x) const;
 };
 
-}  // namespace sdrt::models::gpu
+}  // namespace sdrt::models::cuda

@@ -1,8 +1,9 @@
-// UNet2DConditionModel on CUDA: fp16 weights and NHWC fp16 activations, the same module tree as the CPU
-// reference in src/models/unet.h (read that file for the architecture). Differences that are only about
-// speed: q/k/v projections are one stacked product, the time-embedding add rides on GroupNorm (pre-bias),
-// every bias and skip connection rides on the convolution / GEMM epilogue, and a whole step can be captured
-// into a CUDA graph (UNetGraph) and replayed.
+// The CUDA executor of the UNet: fp16 weights and NHWC fp16 activations, built from the UNetDescription in
+// src/models/unet.h (read that file for the architecture) and running its block plan. Differences from the CPU
+// executor that are only about speed: self-attention q/k/v is one stacked product, every cross-attention's k/v
+// and every ResNet's time projection are one product each (LinearStack below), the time-embedding add rides on
+// GroupNorm (pre-bias), every bias and skip connection rides on the convolution / GEMM epilogue, and a whole
+// step can be captured into a CUDA graph (UNetGraph) and replayed.
 #pragma once
 
 #include <memory>
@@ -14,17 +15,17 @@ namespace sdrt::io {
 class WeightStore;
 }
 
-namespace sdrt::models::gpu {
+namespace sdrt::models::cuda {
 
-class CudaUNet {
+class UNet {
  public:
-  static CudaUNet load(Context& ctx, const UNetConfig& config, const io::WeightStore& weights,
-                       const std::string& config_source);
-  CudaUNet(CudaUNet&&) noexcept;
-  CudaUNet& operator=(CudaUNet&&) noexcept;
-  ~CudaUNet();
+  // The layers `description` names, streamed from `weights` to the device.
+  static UNet load(Context& ctx, const UNetDescription& description, const WeightSource& weights);
+  UNet(UNet&&) noexcept;
+  UNet& operator=(UNet&&) noexcept;
+  ~UNet();
 
-  const UNetConfig& config() const { return config_; }
+  const UNetConfig& config() const;
 
   // The context as the cross-attentions read it: context [B, S, cross_dim] -> context_kv [B, S,
   // context_kv_width()], every cross-attention's k and v projection side by side (one product per prompt).
@@ -36,12 +37,11 @@ class CudaUNet {
   Act forward(Context& ctx, ActivationPool& pool, const Act& sample, const float* timestep,
               const Act& context_kv) const;
 
-  struct Blocks;
+  struct Layers;
 
  private:
-  CudaUNet();
-  UNetConfig config_;
-  std::unique_ptr<Blocks> blocks_;
+  UNet();
+  std::unique_ptr<Layers> layers_;
 };
 
 // One UNet step as a CUDA graph over fixed input/output buffers: the first run() for a shape runs eagerly
@@ -49,7 +49,7 @@ class CudaUNet {
 // later run() replays. Inputs are written into sample()/context()/timestep() before run().
 class UNetGraph {
  public:
-  UNetGraph(const CudaUNet& unet, int64_t batch, int64_t height, int64_t width, int64_t context_tokens,
+  UNetGraph(const UNet& unet, int64_t batch, int64_t height, int64_t width, int64_t context_tokens,
             bool use_graph = true);
   UNetGraph(const UNetGraph&) = delete;
   UNetGraph& operator=(const UNetGraph&) = delete;
@@ -64,7 +64,7 @@ class UNetGraph {
   void run(Context& ctx);
 
  private:
-  const CudaUNet& unet_;
+  const UNet& unet_;
   ActivationPool io_pool_, pool_;
   Act sample_, context_, context_kv_, output_;
   bool context_changed_ = true;
@@ -74,4 +74,4 @@ class UNetGraph {
   cudaGraphExec_t exec_ = nullptr;
 };
 
-}  // namespace sdrt::models::gpu
+}  // namespace sdrt::models::cuda

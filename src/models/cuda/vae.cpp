@@ -8,23 +8,22 @@
 #include "backends/cuda/attention.cuh"
 #include "backends/cuda/elementwise.cuh"
 
-namespace sdrt::models::gpu {
+namespace sdrt::models::cuda {
 namespace {
 
-// ResnetBlock2D without time embedding: x + conv2(silu(norm2(conv1(silu(norm1(x))))))
-struct Resnet {
-  DGroupNorm norm1, norm2;
-  DConv2d conv1, conv2;
-  std::optional<DConv2d> conv_shortcut;
+// ResnetSpec without time embedding: x + conv2(silu(norm2(conv1(silu(norm1(x))))))
+struct ResnetBlock {
+  GroupNorm norm1, norm2;
+  Conv2d conv1, conv2;
+  std::optional<Conv2d> conv_shortcut;
 
-  static Resnet load(Context& ctx, const WeightSource& w, const std::string& p, int64_t in, int64_t out,
-                     int64_t groups) {
-    Resnet r;
-    r.norm1 = DGroupNorm::load(ctx, w, p + ".norm1", groups, in, 1e-6f);
-    r.conv1 = DConv2d::load(ctx, w, p + ".conv1", in, out, 3);
-    r.norm2 = DGroupNorm::load(ctx, w, p + ".norm2", groups, out, 1e-6f);
-    r.conv2 = DConv2d::load(ctx, w, p + ".conv2", out, out, 3);
-    if (in != out) r.conv_shortcut = DConv2d::load(ctx, w, p + ".conv_shortcut", in, out, 1, 1, 0);
+  static ResnetBlock load(Context& ctx, const WeightSource& w, const ResnetSpec& spec) {
+    ResnetBlock r;
+    r.norm1 = GroupNorm::load(ctx, w, spec.norm1);
+    r.conv1 = Conv2d::load(ctx, w, spec.conv1);
+    r.norm2 = GroupNorm::load(ctx, w, spec.norm2);
+    r.conv2 = Conv2d::load(ctx, w, spec.conv2);
+    if (spec.conv_shortcut) r.conv_shortcut = Conv2d::load(ctx, w, *spec.conv_shortcut);
     return r;
   }
 
@@ -37,19 +36,18 @@ struct Resnet {
   }
 };
 
-// One head over all channels, residual connection (diffusers Attention with residual_connection=True).
+// VaeAttentionSpec: one head over all channels, residual connection; q/k/v as one stacked product.
 struct Attention {
-  DGroupNorm group_norm;
-  DLinear qkv, to_out;
+  GroupNorm group_norm;
+  Linear qkv, to_out;
   int64_t channels = 0;
 
-  static Attention load(Context& ctx, const WeightSource& w, const std::string& p, int64_t channels,
-                        int64_t groups) {
+  static Attention load(Context& ctx, const WeightSource& w, const VaeAttentionSpec& spec) {
     Attention a;
-    a.channels = channels;
-    a.group_norm = DGroupNorm::load(ctx, w, p + ".group_norm", groups, channels, 1e-6f);
-    a.qkv = DLinear::load_stacked(ctx, w, {p + ".to_q", p + ".to_k", p + ".to_v"}, channels, channels, true);
-    a.to_out = DLinear::load(ctx, w, p + ".to_out.0", channels, channels, true);
+    a.channels = spec.group_norm.channels;
+    a.group_norm = GroupNorm::load(ctx, w, spec.group_norm);
+    a.qkv = Linear::load_stacked(ctx, w, {&spec.to_q, &spec.to_k, &spec.to_v});
+    a.to_out = Linear::load(ctx, w, spec.to_out);
     return a;
   }
 
@@ -61,18 +59,18 @@ struct Attention {
     Act attn(pool, x.n, N, 1, C);
     {
       OpScope scope(ctx, "attention");
-      cuda::attention(ctx,
-                      {.batch = x.n,
-                       .heads = 1,
-                       .seq_q = N,
-                       .seq_kv = N,
-                       .head_dim = C,
-                       .q_stride = 3 * C,
-                       .k_stride = 3 * C,
-                       .v_stride = 3 * C,
-                       .out_stride = C,
-                       .scale = 1.0f / std::sqrt(static_cast<float>(C))},
-                      q3.data(), q3.data() + C, q3.data() + 2 * C, attn.data());
+      ops::attention(ctx,
+                     {.batch = x.n,
+                      .heads = 1,
+                      .seq_q = N,
+                      .seq_kv = N,
+                      .head_dim = C,
+                      .q_stride = 3 * C,
+                      .k_stride = 3 * C,
+                      .v_stride = 3 * C,
+                      .out_stride = C,
+                      .scale = 1.0f / std::sqrt(static_cast<float>(C))},
+                     q3.data(), q3.data() + C, q3.data() + 2 * C, attn.data());
     }
     Act out(pool, x.n, x.h, x.w, C);
     to_out.forward(ctx, attn.data(), out.data(), x.rows(), /*residual=*/x.data());
@@ -82,73 +80,66 @@ struct Attention {
 
 }  // namespace
 
-struct CudaVaeDecoder::Blocks {
-  struct Block {
-    std::vector<Resnet> resnets;
-    std::optional<DConv2d> upsample;
-  };
-  std::optional<DConv2d> post_quant_conv;
-  DConv2d conv_in, conv_out;
-  Resnet mid0, mid1;
-  std::optional<Attention> mid_attention;
-  std::vector<Block> blocks;
-  DGroupNorm norm_out;
+struct VaeDecoder::Layers {
+  VaeDescription description;
+  std::optional<Conv2d> post_quant_conv;
+  Conv2d conv_in, conv_out;
+  std::vector<ResnetBlock> resnets;
+  std::vector<Attention> attentions;
+  std::vector<Conv2d> samplers;
+  GroupNorm norm_out;
 };
 
-CudaVaeDecoder::CudaVaeDecoder() : blocks_(std::make_unique<Blocks>()) {}
-CudaVaeDecoder::CudaVaeDecoder(CudaVaeDecoder&&) noexcept = default;
-CudaVaeDecoder& CudaVaeDecoder::operator=(CudaVaeDecoder&&) noexcept = default;
-CudaVaeDecoder::~CudaVaeDecoder() = default;
+VaeDecoder::VaeDecoder() : layers_(std::make_unique<Layers>()) {}
+VaeDecoder::VaeDecoder(VaeDecoder&&) noexcept = default;
+VaeDecoder& VaeDecoder::operator=(VaeDecoder&&) noexcept = default;
+VaeDecoder::~VaeDecoder() = default;
 
-CudaVaeDecoder CudaVaeDecoder::load(Context& ctx, const VaeConfig& config, const io::WeightStore& store,
-                                    const std::string& config_source) {
-  CudaVaeDecoder vae;
-  vae.config_ = config;
-  const auto& c = vae.config_;
-  auto& m = *vae.blocks_;
-  const WeightSource w{store, config_source};
-  const int64_t L = c.latent_channels, groups = c.norm_num_groups;
-  if (c.use_post_quant_conv) m.post_quant_conv = DConv2d::load(ctx, w, "post_quant_conv", L, L, 1, 1, 0);
-  const std::vector<int64_t> rev(c.block_out_channels.rbegin(), c.block_out_channels.rend());
-  m.conv_in = DConv2d::load(ctx, w, "decoder.conv_in", L, rev[0], 3);
-  m.mid0 = Resnet::load(ctx, w, "decoder.mid_block.resnets.0", rev[0], rev[0], groups);
-  if (c.mid_block_add_attention)
-    m.mid_attention = Attention::load(ctx, w, "decoder.mid_block.attentions.0", rev[0], groups);
-  m.mid1 = Resnet::load(ctx, w, "decoder.mid_block.resnets.1", rev[0], rev[0], groups);
-  int64_t ch = rev[0];
-  for (size_t i = 0; i < rev.size(); ++i) {
-    Blocks::Block b;
-    for (int64_t j = 0; j < c.layers_per_block + 1; ++j) {
-      b.resnets.push_back(
-          Resnet::load(ctx, w, fmt::format("decoder.up_blocks.{}.resnets.{}", i, j), ch, rev[i], groups));
-      ch = rev[i];
-    }
-    if (i + 1 < rev.size())
-      b.upsample = DConv2d::load(ctx, w, fmt::format("decoder.up_blocks.{}.upsamplers.0.conv", i), ch, ch, 3);
-    m.blocks.push_back(std::move(b));
-  }
-  m.norm_out = DGroupNorm::load(ctx, w, "decoder.conv_norm_out", groups, ch, 1e-6f);
-  m.conv_out = DConv2d::load(ctx, w, "decoder.conv_out", ch, c.out_channels, 3);
+const VaeConfig& VaeDecoder::config() const {
+  return layers_->description.config;
+}
+
+VaeDecoder VaeDecoder::load(Context& ctx, const VaeDescription& description, const WeightSource& w) {
+  if (!description.decoder) throw Error(ErrorKind::kInternal, "vae: the description has no decoder");
+  VaeDecoder vae;
+  auto& m = *vae.layers_;
+  m.description = description;
+  const VaeCoderSpec& d = *m.description.decoder;
+  if (d.quant_conv) m.post_quant_conv = Conv2d::load(ctx, w, *d.quant_conv);
+  m.conv_in = Conv2d::load(ctx, w, d.conv_in);
+  for (const auto& spec : d.resnets) m.resnets.push_back(ResnetBlock::load(ctx, w, spec));
+  for (const auto& spec : d.attentions) m.attentions.push_back(Attention::load(ctx, w, spec));
+  for (const auto& spec : d.samplers) m.samplers.push_back(Conv2d::load(ctx, w, spec));
+  m.norm_out = GroupNorm::load(ctx, w, d.norm_out);
+  m.conv_out = Conv2d::load(ctx, w, d.conv_out);
   return vae;
 }
 
-Act CudaVaeDecoder::decode(Context& ctx, ActivationPool& pool, const Act& z) const {
-  const auto& m = *blocks_;
+Act VaeDecoder::decode(Context& ctx, ActivationPool& pool, const Act& z) const {
+  const auto& m = *layers_;
   if (!m.post_quant_conv) throw Error(ErrorKind::kUnsupported, "vae: the CUDA decoder needs post_quant_conv");
   Act x = m.conv_in.forward(ctx, pool, m.post_quant_conv->forward(ctx, pool, z));
-  x = m.mid0.forward(ctx, pool, x);
-  if (m.mid_attention) x = m.mid_attention->forward(ctx, pool, x);
-  x = m.mid1.forward(ctx, pool, x);
-  for (const auto& block : m.blocks) {
-    for (const auto& r : block.resnets) x = r.forward(ctx, pool, x);
-    if (block.upsample) {
-      Act up(pool, x.n, x.h * 2, x.w * 2, x.c);
-      cuda::launch_upsample_nearest2x(x.data(), up.data(), x.n, x.h, x.w, x.c, ctx.stream());
-      x = block.upsample->forward(ctx, pool, up);
+  for (const VaeStep& step : m.description.decoder->steps) {
+    switch (step.kind) {
+      case VaeStep::Kind::kResnet:
+        x = m.resnets[step.index].forward(ctx, pool, x);
+        break;
+      case VaeStep::Kind::kAttention:
+        x = m.attentions[step.index].forward(ctx, pool, x);
+        break;
+      case VaeStep::Kind::kUpsample: {
+        Act up(pool, x.n, x.h * 2, x.w * 2, x.c);
+        ops::launch_upsample_nearest2x(x.data(), up.data(), x.n, x.h, x.w, x.c, ctx.stream());
+        x = m.samplers[step.index].forward(ctx, pool, up);
+        break;
+      }
+      case VaeStep::Kind::kDownsample:
+        x = m.samplers[step.index].forward(ctx, pool, x);
+        break;
     }
   }
   x = m.norm_out.forward(ctx, pool, x, true);
   return m.conv_out.forward(ctx, pool, x);
 }
 
-}  // namespace sdrt::models::gpu
+}  // namespace sdrt::models::cuda

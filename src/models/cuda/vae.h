@@ -1,6 +1,5 @@
-// AutoencoderKL decoder on CUDA (fp16 weights, NHWC fp16 activations), mirroring the CPU decoder in
-// src/models/vae.h: post_quant_conv -> conv_in -> mid block (resnet, single-head attention, resnet) -> up
-// blocks (resnets, nearest ×2 + conv but the last) -> GroupNorm + SiLU -> conv_out.
+// The CUDA executor of the AutoencoderKL decoder (fp16 weights, NHWC fp16 activations): built from the decoder
+// half of a VaeDescription (src/models/vae.h, where the architecture is described) and running its block plan.
 #pragma once
 
 #include <memory>
@@ -12,26 +11,25 @@ namespace sdrt::io {
 class WeightStore;
 }
 
-namespace sdrt::models::gpu {
+namespace sdrt::models::cuda {
 
-class CudaVaeDecoder {
+class VaeDecoder {
  public:
-  static CudaVaeDecoder load(Context& ctx, const VaeConfig& config, const io::WeightStore& weights,
-                             const std::string& config_source);
-  CudaVaeDecoder(CudaVaeDecoder&&) noexcept;
-  CudaVaeDecoder& operator=(CudaVaeDecoder&&) noexcept;
-  ~CudaVaeDecoder();
-  const VaeConfig& config() const { return config_; }
+  // The decoder `description` holds, streamed from `weights` to the device.
+  static VaeDecoder load(Context& ctx, const VaeDescription& description, const WeightSource& weights);
+  VaeDecoder(VaeDecoder&&) noexcept;
+  VaeDecoder& operator=(VaeDecoder&&) noexcept;
+  ~VaeDecoder();
+  const VaeConfig& config() const;
 
   // z [B, h, w, latent] (already divided by scaling_factor) -> image [B, h·f, w·f, out_channels]
   Act decode(Context& ctx, ActivationPool& pool, const Act& z) const;
 
-  struct Blocks;
+  struct Layers;
 
  private:
-  CudaVaeDecoder();
-  VaeConfig config_;
-  std::unique_ptr<Blocks> blocks_;
+  VaeDecoder();
+  std::unique_ptr<Layers> layers_;
 };
 
-}  // namespace sdrt::models::gpu
+}  // namespace sdrt::models::cuda

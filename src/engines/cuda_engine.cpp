@@ -1,5 +1,8 @@
-#include "pipeline/cuda_engine.h"
-
+// The CUDA engine: the fp16 executors of models/cuda/ with the UNet step replayed as a CUDA graph, and the
+// denoising loop kept on the device (guidance and the scheduler's step plan run there too; each step reads back
+// one count). Without the CUDA backend, create_cuda_engine throws kUnsupported.
+#include "engines/diagnostics.h"
+#include "engines/engine.h"
 #include "sdrt/error.h"
 
 #if SDRT_HAVE_CUDA
@@ -19,38 +22,65 @@
 #include "backends/cuda/scheduler_step.cuh"
 #include "models/cuda/clip_text.h"
 #include "models/cuda/unet.h"
+#include "models/cpu/clip_text.h"
+#include "models/cpu/vae.h"
 #include "models/cuda/vae.h"
 
-namespace sdrt {
+namespace sdrt::engines {
 namespace {
 
-using cuda::check;
-using models::gpu::Act;
-using models::gpu::ActivationPool;
-using models::gpu::Context;
-using models::gpu::DeviceBuffer;
+using models::cuda::Act;
+using models::cuda::ActivationPool;
+using models::cuda::check;
+using models::cuda::Context;
+using models::cuda::DeviceBuffer;
 
-class CudaEngineImpl final : public CudaEngine {
+// The UNet and VAE decoder of a description, streamed to the device (each WeightStore is open only while its
+// network loads).
+models::cuda::UNet load_unet(Context& ctx, const ModelDescription& d) {
+  if (!d.unet) throw Error(ErrorKind::kInternal, "CudaEngine: the model description has no UNet");
+  const auto weights = d.unet_source->open_weights();
+  return models::cuda::UNet::load(ctx, *d.unet, {weights, d.unet_source->config_label});
+}
+
+models::cuda::VaeDecoder load_vae(Context& ctx, const ModelDescription& d) {
+  const auto weights = d.vae_source->open_weights();
+  return models::cuda::VaeDecoder::load(ctx, *d.vae, {weights, d.vae_source->config_label});
+}
+
+class CudaEngine final : public Engine, public Diagnostics {
  public:
-  explicit CudaEngineImpl(const Sources& s)
-      : context_s_(lap()),
-        unet_(models::gpu::CudaUNet::load(ctx_, s.unet_config, s.unet_weights, s.unet_label)),
+  explicit CudaEngine(const ModelDescription& d)
+      : description_(d),
+        context_s_(lap()),
+        unet_(load_unet(ctx_, d)),
         unet_s_(uploaded_lap()),
-        vae_(models::gpu::CudaVaeDecoder::load(ctx_, s.vae_config, s.vae_weights, s.vae_label)),
+        vae_(load_vae(ctx_, d)),
         vae_s_(uploaded_lap()) {
-    if (s.text_config && s.text_weights)
-      text_.emplace(models::gpu::CudaClipText::load(ctx_, *s.text_config, *s.text_weights, s.text_prefix,
-                                                    s.text_label));
+    // The GPU runs the text encoder's layers; the host keeps the embedding tables (a lookup per prompt).
+    const auto weights = d.text_encoder_source.open_weights();
+    const models::WeightSource w{weights, d.text_encoder_source.config_label, models::clip_text_key_prefix(weights)};
+    text_.emplace(models::cuda::ClipTextModel::load(ctx_, d.text_encoder, w));
+    embeddings_.emplace(models::cpu::ClipTextModel::load(d.text_encoder, w, /*embeddings_only=*/true));
     ctx_.finish_uploads();  // the pinned staging ring is only needed while loading
     text_s_ = lap();
   }
+
+  Diagnostics* diagnostics() override { return this; }
 
   std::map<std::string, double> load_breakdown() const override {
     return {{"context", context_s_}, {"unet", unet_s_}, {"vae", vae_s_}, {"text_encoder", text_s_}};
   }
 
-  Tensor encode_text(const Tensor& embeddings) override {
-    if (!text_) throw Error(ErrorKind::kInternal, "CudaEngine: no text encoder on the GPU");
+  Tensor encode_text(std::span<const int32_t> ids) override { return encode_embeddings(embeddings_->embed(ids)); }
+
+  TextEncoding encode_text_full(std::span<const int32_t>) override {
+    throw Error(ErrorKind::kUnsupported,
+                "the CUDA engine keeps only the text encoder's last hidden state: hidden states and the pooled "
+                "output need the CPU engine");
+  }
+
+  Tensor encode_embeddings(const Tensor& embeddings) override {
     const int64_t B = embeddings.dim(0), S = embeddings.dim(1), D = embeddings.dim(2);
     stage_f32(embeddings);
     Act x(pool_, B, S, 1, D);
@@ -88,8 +118,8 @@ class CudaEngineImpl final : public CudaEngine {
       throw Error(ErrorKind::kInvalidArgument,
                   fmt::format("CudaEngine: latents of shape {} are not [1, C, h, w]",
                               shape_to_string(latents.shape())));
-    const int buffer_count = schedulers::step_buffer::kFirstState + scheduler.state_buffer_count();
-    if (buffer_count > schedulers::kMaxStepBuffers)
+    const int buffer_count = step_buffer::kFirstState + scheduler.state_buffer_count();
+    if (buffer_count > kMaxStepBuffers)
       throw Error(ErrorKind::kInternal, fmt::format("CudaEngine: {} scheduler buffers", buffer_count));
     const Tensor x = latents.to(DType::kF32);
     ctx_.synchronize();  // the previous loop's buffers may still be in use
@@ -102,12 +132,12 @@ class CudaEngineImpl final : public CudaEngine {
     }
     if (nonfinite_count_.size() < sizeof(int)) nonfinite_count_ = DeviceBuffer(sizeof(int));
     sampling_shape_ = x.shape();
-    cuda::upload(ctx_, sampling_buffer(schedulers::step_buffer::kSample), x.raw_data(), x.nbytes());
+    cuda::upload(ctx_, sampling_buffer(step_buffer::kSample), x.raw_data(), x.nbytes());
   }
 
   int64_t sampling_step(schedulers::Scheduler& scheduler, size_t step_index, float cfg_scale,
                         schedulers::TorchGenerator& rng) override {
-    namespace buffer = schedulers::step_buffer;
+    namespace buffer = step_buffer;
     if (sampling_buffers_.empty()) throw Error(ErrorKind::kInternal, "CudaEngine: begin_sampling first");
     if (context_shape_.empty()) throw Error(ErrorKind::kInternal, "CudaEngine: set_context first");
     const int64_t C = sampling_shape_[1], h = sampling_shape_[2], w = sampling_shape_[3], HW = h * w;
@@ -130,7 +160,7 @@ class CudaEngineImpl final : public CudaEngine {
       cuda::launch_nhwc_f16_to_nchw_f32(graph.output().data(), model_output, 1, C, HW, ctx_.stream());
 
     // Planned (and the noise drawn) while the UNet runs.
-    const schedulers::StepPlan plan = scheduler.plan_step(step_index);
+    const StepPlan plan = scheduler.plan_step(step_index);
     if (plan.needs_noise) {
       const Tensor noise = rng.randn(sampling_shape_);
       cuda::upload(ctx_, sampling_buffer(buffer::kNoise), noise.raw_data(), noise.nbytes());
@@ -151,8 +181,7 @@ class CudaEngineImpl final : public CudaEngine {
   Tensor sampling_latents() override {
     if (sampling_buffers_.empty()) throw Error(ErrorKind::kInternal, "CudaEngine: begin_sampling first");
     Tensor result(sampling_shape_, DType::kF32);
-    cuda::download(ctx_, result.raw_data(), sampling_buffer(schedulers::step_buffer::kSample),
-                   result.nbytes());
+    cuda::download(ctx_, result.raw_data(), sampling_buffer(step_buffer::kSample), result.nbytes());
     return result;
   }
 
@@ -176,6 +205,22 @@ class CudaEngineImpl final : public CudaEngine {
   }
 
   Tensor decode(const Tensor& z) override {
+    Tensor image = decode_f16(z);
+    const float* d = image.data<float>();
+    for (int64_t i = 0; i < image.numel(); ++i)
+      if (!std::isfinite(d[i])) {
+        // fp16 overflow inside the VAE (it happens with some VAEs): decode again in fp32 on the CPU, from the
+        // same description and weights.
+        const auto weights = description_.vae_source->open_weights();
+        const auto cpu_vae =
+            models::cpu::AutoencoderKL::load(*description_.vae, {weights, description_.vae_source->config_label});
+        return cpu_vae.decode(z);
+      }
+    return image;
+  }
+
+  // The fp16 decoder: z [1, L, h, w] fp32 -> image [1, 3, H, W] fp32.
+  Tensor decode_f16(const Tensor& z) {
     const int64_t L = z.dim(1), h = z.dim(2), w = z.dim(3);
     stage_f32(z);
     Act latent(pool_, 1, h, w, L);
@@ -210,7 +255,7 @@ class CudaEngineImpl final : public CudaEngine {
     const double total = median_ms(5, [&] { graph.run(ctx_); });
     std::map<std::string, double> totals;
     {
-      models::gpu::OpProfiler profiler(ctx_);
+      models::cuda::OpProfiler profiler(ctx_);
       graph.run(ctx_);
       totals = profiler.totals();
     }
@@ -234,7 +279,7 @@ class CudaEngineImpl final : public CudaEngine {
   }
 
  private:
-  models::gpu::UNetGraph& graph_for(int64_t B, int64_t h, int64_t w, bool use_graph = true) {
+  models::cuda::UNetGraph& graph_for(int64_t B, int64_t h, int64_t w, bool use_graph = true) {
     if (context_shape_.empty()) throw Error(ErrorKind::kInternal, "CudaEngine: set_context first");
     if (!graph_ || graph_key_ != std::vector<int64_t>{B, h, w, use_graph}) {
       graph_.reset();
@@ -250,7 +295,7 @@ class CudaEngineImpl final : public CudaEngine {
     return *graph_;
   }
 
-  void set_timestep(models::gpu::UNetGraph& graph, double timestep) {
+  void set_timestep(models::cuda::UNetGraph& graph, double timestep) {
     const float t = static_cast<float>(timestep);
     // Pageable source: the copy is staged before the call returns, so `t` may go out of scope.
     check(cudaMemcpyAsync(graph.timestep(), &t, sizeof(float), cudaMemcpyHostToDevice, ctx_.stream()),
@@ -312,21 +357,23 @@ class CudaEngineImpl final : public CudaEngine {
     lap_ = now;
     return s;
   }
+  ModelDescription description_;
   std::chrono::steady_clock::time_point lap_ = std::chrono::steady_clock::now();
   Context ctx_;
   double context_s_ = 0;
   ActivationPool pool_;
-  models::gpu::CudaUNet unet_;
+  models::cuda::UNet unet_;
   double unet_s_ = 0;
-  models::gpu::CudaVaeDecoder vae_;
+  models::cuda::VaeDecoder vae_;
   double vae_s_ = 0, text_s_ = 0;
-  std::optional<models::gpu::CudaClipText> text_;
+  std::optional<models::cuda::ClipTextModel> text_;
+  std::optional<models::cpu::ClipTextModel> embeddings_;  // the embedding tables, on the host
   std::vector<int64_t> context_shape_;
   Tensor context_host_;
-  std::optional<models::gpu::UNetGraph> graph_;
+  std::optional<models::cuda::UNetGraph> graph_;
   std::vector<int64_t> graph_key_;
   DeviceBuffer staging_, result_;
-  // The device-resident denoising loop: the plan's buffers indexed by schedulers::step_buffer id.
+  // The device-resident denoising loop: the plan's buffers indexed by step_buffer id.
   std::vector<DeviceBuffer> sampling_buffers_;
   Shape sampling_shape_;
   DeviceBuffer nonfinite_count_;
@@ -334,18 +381,18 @@ class CudaEngineImpl final : public CudaEngine {
 
 }  // namespace
 
-std::unique_ptr<CudaEngine> CudaEngine::create(const Sources& sources) {
-  return std::make_unique<CudaEngineImpl>(sources);
+std::unique_ptr<Engine> create_cuda_engine(const ModelDescription& model) {
+  return std::make_unique<CudaEngine>(model);
 }
 
-}  // namespace sdrt
+}  // namespace sdrt::engines
 
 #else
 
-namespace sdrt {
-std::unique_ptr<CudaEngine> CudaEngine::create(const Sources&) {
-  throw Error(ErrorKind::kUnsupported, "--device cuda: this sdrt was built without the CUDA backend");
+namespace sdrt::engines {
+std::unique_ptr<Engine> create_cuda_engine(const ModelDescription&) {
+  throw Error(ErrorKind::kUnsupported, "CUDA device: this sdrt was built without the CUDA backend");
 }
-}  // namespace sdrt
+}  // namespace sdrt::engines
 
 #endif

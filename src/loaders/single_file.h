@@ -1,11 +1,11 @@
 // Single-file SD 1.x / 2.x checkpoints in the original CompVis / Stability layout, mapped onto diffusers
-// names.
+// names. A loader: it sits above io/ (the tensor containers) and text/ (the tokenizer configuration and the
+// built-in CLIP vocabulary that convert_to_diffusers writes out as tokenizer/).
 //
-//   model.diffusion_model.*              UNet (model_ema.diffusion_model<key without dots> when EMA is
-//   stored) first_stage_model.*                  VAE (encoder.down.N.block.M..., decoder.up.N reversed,
-//   mid.attn_1.q...) cond_stage_model.transformer.*       SD 1.x text encoder: CLIP ViT-L/14, already in
-//   transformers' names cond_stage_model.model.*             SD 2.x text encoder: OpenCLIP ViT-H (fused
-//   attn.in_proj, resblocks)
+//   model.diffusion_model.*          UNet (model_ema.diffusion_model<key without dots> when EMA is stored)
+//   first_stage_model.*              VAE (encoder.down.N.block.M..., decoder.up.N reversed, mid.attn_1.q...)
+//   cond_stage_model.transformer.*   SD 1.x text encoder: CLIP ViT-L/14, already in transformers' names
+//   cond_stage_model.model.*         SD 2.x text encoder: OpenCLIP ViT-H (fused attn.in_proj, resblocks)
 //
 // Reading one is a plan: from the tensor names and shapes (headers only) it derives the diffusers configs
 // and, for every diffusers tensor, the original key it comes from. What shapes cannot tell comes from SD's
@@ -36,8 +36,10 @@
 #include "text/clip_tokenizer.h"
 
 namespace sdrt::io {
+class WeightStore;  // io/safetensors.h
+}  // namespace sdrt::io
 
-class WeightStore;
+namespace sdrt::loaders {
 
 enum class SdFamily { kSd1, kSd2 };
 const char* sd_family_name(SdFamily family);  // "SD 1.x", "SD 2.x"
@@ -97,23 +99,20 @@ class SingleFile {
   // A component's tensors under diffusers names, in the stored dtype.
   std::map<std::string, Tensor> load(const MappedComponent& component) const;
   // The same served as a WeightStore labelled "<file> (<component>)".
-  WeightStore store(const MappedComponent& component) const;
+  io::WeightStore store(const MappedComponent& component) const;
 
  private:
   SingleFile();
   std::filesystem::path path_;
-  std::shared_ptr<const WeightStore> source_;
+  std::shared_ptr<const io::WeightStore> source_;
   SdFamily family_ = SdFamily::kSd1;
   std::string prediction_type_ = "epsilon", prediction_source_ = "default";
   bool uses_ema_ = false;
   std::optional<MappedComponent> text_encoder_, unet_, vae_;
 };
 
-// Writes tensors as one .safetensors file (sorted names, 8-byte aligned header), atomically.
-void write_safetensors(const std::filesystem::path& path, const std::map<std::string, Tensor>& tensors);
-
 // Writes `file` as a diffusers folder at `dir` (created; must not exist or be empty): model_index.json,
 // configs, one safetensors per component, and tokenizer/ from the built-in CLIP vocabulary.
 void convert_to_diffusers(const SingleFile& file, const std::filesystem::path& dir);
 
-}  // namespace sdrt::io
+}  // namespace sdrt::loaders

@@ -1,4 +1,4 @@
-#include "io/single_file.h"
+#include "loaders/single_file.h"
 
 #include <fmt/format.h>
 
@@ -11,12 +11,16 @@
 
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 #include "sdrt/error.h"
 #include "text/builtin_vocab.h"
 
-namespace sdrt::io {
+namespace sdrt::loaders {
 
 namespace fs = std::filesystem;
+using io::WeightStore;
+using io::write_file_atomically;
+using io::write_safetensors;
 
 namespace {
 
@@ -593,26 +597,6 @@ WeightStore SingleFile::store(const MappedComponent& component) const {
   return WeightStore::from_tensors(load(component), fmt::format("{} ({})", path_.string(), component.name));
 }
 
-void write_safetensors(const fs::path& path, const std::map<std::string, Tensor>& tensors) {
-  nlohmann::json header = nlohmann::json::object();
-  header["__metadata__"] = {{"format", "pt"}};
-  uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    const char* dtype = t.dtype() == DType::kF32 ? "F32" : t.dtype() == DType::kF16 ? "F16" : "BF16";
-    header[name] = {{"dtype", dtype}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
-    offset += t.nbytes();
-  }
-  std::string h = header.dump();
-  h.append((8 - h.size() % 8) % 8, ' ');
-  std::string bytes(8, '\0');
-  uint64_t n = h.size();
-  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  bytes += h;
-  bytes.reserve(bytes.size() + offset);
-  for (const auto& [name, t] : tensors) bytes.append(static_cast<const char*>(t.raw_data()), t.nbytes());
-  write_file_atomically(path, bytes);
-}
-
 namespace {
 
 void append_utf8(std::string& s, uint32_t cp) {
@@ -720,4 +704,4 @@ void convert_to_diffusers(const SingleFile& file, const fs::path& dir) {
   write_file_atomically(dir / "model_index.json", index.dump(2));
 }
 
-}  // namespace sdrt::io
+}  // namespace sdrt::loaders

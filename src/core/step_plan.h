@@ -8,13 +8,17 @@
 // diffusers' operation order — including where it cancels catastrophically (Euler's first step on a
 // zero-terminal-SNR schedule, where sigma is 4096).
 //
+// It lives in core/ because it is the contract between two layers that must not know each other: the
+// schedulers write plans (schedulers/plan_builder.h) and the backends run them (the host executor below,
+// backends/cuda/scheduler_step.cuh), so it sits below both; the header needs only the standard library.
+//
 // This header is plain C++17 without sdrt types: CUDA translation units include it too.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
-namespace sdrt::schedulers {
+namespace sdrt {
 
 // The buffers a plan names, each a float32 tensor of the sample's shape.
 namespace step_buffer {
@@ -23,7 +27,7 @@ inline constexpr int kModelOutput = 1;  // the (guided) model output (read only)
 inline constexpr int kNoise = 2;       // N(0, 1) noise drawn for this step when the plan needs it (read only)
 inline constexpr int kPrevSample = 3;  // the step's result x_{t-1}
 inline constexpr int kFirstState = 4;  // the scheduler's own buffers, kept between steps
-// The id of the scheduler's state buffer `index` (0 <= index < Scheduler::state_buffer_count()).
+// The id of the scheduler's state buffer `index` (0 <= index < schedulers::Scheduler::state_buffer_count()).
 constexpr int state(int index) {
   return kFirstState + index;
 }
@@ -69,4 +73,4 @@ void validate_step_plan(const StepPlan& plan, float* const* buffers, int buffer_
 // buffer id the plan names. Throws kInternal when the plan names a buffer that is missing.
 void execute_step_plan(const StepPlan& plan, float* const* buffers, int buffer_count, int64_t n);
 
-}  // namespace sdrt::schedulers
+}  // namespace sdrt

@@ -1,0 +1,81 @@
+#include "loaders/model_source.h"
+
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "io/diffusers_folder.h"
+#include "io/json_file.h"
+#include "loaders/single_file.h"
+#include "sdrt/error.h"
+
+namespace sdrt::loaders {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A component of a diffusers folder: <dir>/config.json and <dir>/<stem>[.fp16].safetensors (or sharded).
+ComponentSource folder_component(const io::DiffusersFolder& folder, const std::string& name,
+                                 const std::string& stem, bool prefer_fp16) {
+  const fs::path dir = folder.component_dir(name);
+  const fs::path config_path = dir / "config.json";
+  return {name, io::read_json_file(config_path), config_path.string(),
+          [dir, stem, prefer_fp16] { return io::WeightStore::from_component_dir(dir, stem, prefer_fp16); }};
+}
+
+// A component of a single file; the planned file is shared by every component's opener.
+ComponentSource file_component(const std::shared_ptr<const SingleFile>& file, const MappedComponent& component) {
+  return {component.name, component.config, fmt::format("{} ({})", file->path().string(), component.name),
+          [file, &component] { return file->store(component); }};
+}
+
+ModelSource resolve_folder(const fs::path& path, const SourceOptions& options) {
+  const auto folder = io::DiffusersFolder::open(path);
+  auto tokenizer = text::ClipTokenizer::from_folder(folder.component_dir("tokenizer"));
+  std::string name = fs::absolute(path).filename().string();
+  if (name.empty()) name = fs::absolute(path).parent_path().filename().string();  // "dir/"
+  ModelSource source{path, name, std::move(tokenizer),
+                     folder_component(folder, "text_encoder", "model", options.prefer_fp16), {}, {}, {}, {}};
+  if (options.text_encoder_only) return source;
+  source.unet = folder_component(folder, "unet", "diffusion_pytorch_model", options.prefer_fp16);
+  source.vae = folder_component(folder, "vae", "diffusion_pytorch_model", options.prefer_fp16);
+  const fs::path scheduler = folder.component_dir("scheduler") / "scheduler_config.json";
+  source.scheduler_config = io::read_text_file(scheduler);
+  source.scheduler_label = scheduler.string();
+  return source;
+}
+
+ModelSource resolve_single_file(const fs::path& path, const SourceOptions& options) {
+  const auto file = std::make_shared<const SingleFile>(SingleFile::open(
+      path, {.prediction_type = options.prediction_type, .text_encoder_only = options.text_encoder_only}));
+  ModelSource source{path,
+                     path.stem().string(),
+                     text::ClipTokenizer::builtin(file->tokenizer_config()),
+                     file_component(file, *file->text_encoder()),
+                     {},
+                     {},
+                     {},
+                     {}};
+  if (options.text_encoder_only) return source;
+  source.unet = file_component(file, *file->unet());
+  source.vae = file_component(file, *file->vae());
+  source.scheduler_config = file->scheduler_config().dump();
+  source.scheduler_label = fmt::format("{} (scheduler)", path.string());
+  return source;
+}
+
+}  // namespace
+
+ModelSource resolve_model(const fs::path& path, const SourceOptions& options) {
+  std::error_code ec;
+  ModelSource source =
+      fs::is_regular_file(path, ec) ? resolve_single_file(path, options) : resolve_folder(path, options);
+  if (source.vae && !options.vae.empty()) {
+    const auto vae = std::make_shared<const SingleFile>(SingleFile::open_vae(options.vae));
+    source.vae = file_component(vae, *vae->vae());
+  }
+  return source;
+}
+
+}  // namespace sdrt::loaders
