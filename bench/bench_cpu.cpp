@@ -76,8 +76,8 @@ int main(int argc, char** argv) {
     fmt::print("RESULT unet {}x{} batch 2: median {:.3f} s/step over {} steps; peak RSS {:.2f} GB\n", size,
                size, median(times), times.size(), peak_rss_gb());
     if (vae) {
-      const auto autoencoder =
-          sdrt::models::cpu::AutoencoderKL::from_folder(std::filesystem::path(model) / "vae", {.encoder = false});
+      const auto autoencoder = sdrt::models::cpu::AutoencoderKL::from_folder(
+          std::filesystem::path(model) / "vae", {.encoder = false});
       const auto latents = random_tensor({1, autoencoder.config().latent_channels, h, h}, 3);
       start = Clock::now();
       const auto image = autoencoder.decode(latents);

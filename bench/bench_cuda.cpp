@@ -17,11 +17,11 @@
 
 #include "backends/cuda/context.h"
 #include "backends/cuda/norm.cuh"
+#include "engines/diagnostics.h"
+#include "engines/engine.h"
 #include "io/diffusers_folder.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
-#include "engines/diagnostics.h"
-#include "engines/engine.h"
 #include "loaders/model_source.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"

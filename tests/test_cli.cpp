@@ -184,9 +184,9 @@ TEST(CliTxt2Img, BadOptionsFailWithoutWritingAnything) {
   TempDir tmp;
   const auto out = tmp / "out.png";
   const std::string o = " --output " + shell_quote(out.string());
-  expect_one_error_line(run_cli(tiny_txt2img("--width 100" + o)), "--width 100");
-  expect_one_error_line(run_cli(tiny_txt2img("--height 12" + o)), "--height 12");
-  expect_one_error_line(run_cli(tiny_txt2img("--steps 0" + o)), "--steps 0");
+  expect_one_error_line(run_cli(tiny_txt2img("--width 100" + o)), "width 100");
+  expect_one_error_line(run_cli(tiny_txt2img("--height 12" + o)), "height 12");
+  expect_one_error_line(run_cli(tiny_txt2img("--steps 0" + o)), "steps 0");
   expect_one_error_line(run_cli(tiny_txt2img("--scheduler lms" + o)), "lms");
   expect_one_error_line(run_cli(tiny_txt2img("--steps many" + o)), "--steps");
   expect_one_error_line(run_cli(tiny_txt2img("--device tpu" + o)), "tpu");

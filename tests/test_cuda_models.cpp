@@ -9,13 +9,13 @@
 #include <gtest/gtest.h>
 
 #include "backends/cuda/context.h"
+#include "engines/diagnostics.h"
+#include "engines/engine.h"
 #include "io/diffusers_folder.h"
 #include "io/json_file.h"
 #include "io/npy.h"
 #include "io/png.h"
 #include "io/safetensors.h"
-#include "engines/diagnostics.h"
-#include "engines/engine.h"
 #include "loaders/model_source.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"

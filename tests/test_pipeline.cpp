@@ -95,21 +95,21 @@ TEST(PipelineOptions, RejectsBadOptions) {
         v.width = 60;
         return v;
       }(),
-      "--width 60");
+      "width 60");
   expect_invalid(
       [&] {
         auto v = o;
         v.height = -8;
         return v;
       }(),
-      "--height -8");
+      "height -8");
   expect_invalid(
       [&] {
         auto v = o;
         v.steps = 0;
         return v;
       }(),
-      "--steps 0");
+      "steps 0");
   expect_invalid(
       [&] {
         auto v = o;
@@ -124,14 +124,14 @@ TEST(PipelineOptions, RejectsBadOptions) {
         v.scheduler = "ddim";
         return v;
       }(),
-      "--karras");
+      "karras");
   expect_invalid(
       [&] {
         auto v = o;
         v.rng = "cuda";
         return v;
       }(),
-      "--rng");
+      "rng");
   expect_invalid(
       [&] {
         auto v = o;

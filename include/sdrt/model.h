@@ -8,7 +8,7 @@
 // or stage by stage (what txt2img does):
 //   Tensor context = model.encode_prompts(o);                     // [1 or 2, 77, D]  (unconditional first)
 //   Sampling s = model.prepare_latents(o);                         // scheduler + generator + initial latents
-//   Tensor latents = model.denoise(s, context, callback);          // the UNet loop
+//   Tensor latents = model.denoise(s, context, o.cfg_scale, callback);  // the UNet loop
 //   Image image = model.decode_latents(latents);
 //
 // Errors are thrown as sdrt::Error with a message naming the file, tensor or field at fault.
@@ -30,11 +30,12 @@ namespace sdrt {
 
 struct LoadOptions {
   bool text_encoder_only = false;  // tokenizer + text encoder (for tokenize / encode)
-  // "epsilon" | "v_prediction": overrides the scheduler's (single files cannot tell SD 2.x 768-v models apart).
+  // "epsilon" | "v_prediction": overrides the scheduler's (single files cannot tell SD 2.x 768-v models
+  // apart).
   std::optional<std::string> prediction_type;
-  // A VAE file (original or diffusers layout) used instead of the model's own.
+  // A VAE file (original or diffusers layout) used instead of the model's own (on either device).
   std::filesystem::path vae;
-  Device device = Device::kHost;  // kCuda: UNet and VAE decoder in fp16 on the GPU
+  Device device = Device::kHost;  // kCuda: text encoder, UNet and VAE decoder in fp16 on the GPU
 };
 
 // What `sdrt info` shows: the components found and their key configuration values.
@@ -105,8 +106,9 @@ class Sampling {
 
 class Model {
  public:
-  // Loads a diffusers folder: tokenizer, text encoder, and (unless text_encoder_only) unet, vae, scheduler; or a
-  // single-file SD 1.x / 2.x checkpoint in the original layout (.safetensors / .ckpt; loaders/single_file.h).
+  // Loads a diffusers folder: tokenizer, text encoder, and (unless text_encoder_only) unet, vae, scheduler;
+  // or a single-file SD 1.x / 2.x checkpoint in the original layout (.safetensors / .ckpt;
+  // loaders/single_file.h).
   static Model load(const std::filesystem::path& path, const LoadOptions& options = {});
   // Describes a model without loading its weights (reads configs and safetensors headers only).
   static ModelInfo inspect(const std::filesystem::path& path);

@@ -20,8 +20,7 @@ namespace {
 
 class CpuEngine final : public Engine {
  public:
-  explicit CpuEngine(const ModelDescription& d)
-      : text_(load_text_encoder(d)) {
+  explicit CpuEngine(const ModelDescription& d) : text_(load_text_encoder(d)) {
     if (d.unet) {
       const auto unet_weights = d.unet_source->open_weights();
       unet_.emplace(models::cpu::UNet::load(*d.unet, {unet_weights, d.unet_source->config_label}));
@@ -86,8 +85,7 @@ class CpuEngine final : public Engine {
   static models::cpu::ClipTextModel load_text_encoder(const ModelDescription& d) {
     const auto weights = d.text_encoder_source.open_weights();
     return models::cpu::ClipTextModel::load(
-        d.text_encoder,
-        {weights, d.text_encoder_source.config_label, models::clip_text_key_prefix(weights)});
+        d.text_encoder, {weights, d.text_encoder_source.config_label, models::clip_text_key_prefix(weights)});
   }
 
   void require_unet() const {

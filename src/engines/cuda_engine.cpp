@@ -1,6 +1,6 @@
 // The CUDA engine: the fp16 executors of models/cuda/ with the UNet step replayed as a CUDA graph, and the
-// denoising loop kept on the device (guidance and the scheduler's step plan run there too; each step reads back
-// one count). Without the CUDA backend, create_cuda_engine throws kUnsupported.
+// denoising loop kept on the device (guidance and the scheduler's step plan run there too; each step reads
+// back one count). Without the CUDA backend, create_cuda_engine throws kUnsupported.
 #include "engines/diagnostics.h"
 #include "engines/engine.h"
 #include "sdrt/error.h"
@@ -20,10 +20,10 @@
 #include "backends/cuda/check.h"
 #include "backends/cuda/elementwise.cuh"
 #include "backends/cuda/scheduler_step.cuh"
-#include "models/cuda/clip_text.h"
-#include "models/cuda/unet.h"
 #include "models/cpu/clip_text.h"
 #include "models/cpu/vae.h"
+#include "models/cuda/clip_text.h"
+#include "models/cuda/unet.h"
 #include "models/cuda/vae.h"
 
 namespace sdrt::engines {
@@ -59,7 +59,8 @@ class CudaEngine final : public Engine, public Diagnostics {
         vae_s_(uploaded_lap()) {
     // The GPU runs the text encoder's layers; the host keeps the embedding tables (a lookup per prompt).
     const auto weights = d.text_encoder_source.open_weights();
-    const models::WeightSource w{weights, d.text_encoder_source.config_label, models::clip_text_key_prefix(weights)};
+    const models::WeightSource w{weights, d.text_encoder_source.config_label,
+                                 models::clip_text_key_prefix(weights)};
     text_.emplace(models::cuda::ClipTextModel::load(ctx_, d.text_encoder, w));
     embeddings_.emplace(models::cpu::ClipTextModel::load(d.text_encoder, w, /*embeddings_only=*/true));
     ctx_.finish_uploads();  // the pinned staging ring is only needed while loading
@@ -72,12 +73,15 @@ class CudaEngine final : public Engine, public Diagnostics {
     return {{"context", context_s_}, {"unet", unet_s_}, {"vae", vae_s_}, {"text_encoder", text_s_}};
   }
 
-  Tensor encode_text(std::span<const int32_t> ids) override { return encode_embeddings(embeddings_->embed(ids)); }
+  Tensor encode_text(std::span<const int32_t> ids) override {
+    return encode_embeddings(embeddings_->embed(ids));
+  }
 
   TextEncoding encode_text_full(std::span<const int32_t>) override {
-    throw Error(ErrorKind::kUnsupported,
-                "the CUDA engine keeps only the text encoder's last hidden state: hidden states and the pooled "
-                "output need the CPU engine");
+    throw Error(
+        ErrorKind::kUnsupported,
+        "the CUDA engine keeps only the text encoder's last hidden state: hidden states and the pooled "
+        "output need the CPU engine");
   }
 
   Tensor encode_embeddings(const Tensor& embeddings) override {
@@ -212,8 +216,8 @@ class CudaEngine final : public Engine, public Diagnostics {
         // fp16 overflow inside the VAE (it happens with some VAEs): decode again in fp32 on the CPU, from the
         // same description and weights.
         const auto weights = description_.vae_source->open_weights();
-        const auto cpu_vae =
-            models::cpu::AutoencoderKL::load(*description_.vae, {weights, description_.vae_source->config_label});
+        const auto cpu_vae = models::cpu::AutoencoderKL::load(
+            *description_.vae, {weights, description_.vae_source->config_label});
         return cpu_vae.decode(z);
       }
     return image;

@@ -1,6 +1,7 @@
 // An Engine runs one model's networks on one device: the text encoder, the denoising loop (UNet, guidance and
-// the scheduler's step, with the latents kept on the device) and the VAE decoder. The pipeline (src/pipeline/)
-// drives every engine the same way; create_engine() builds the CPU or the CUDA one from a ModelDescription.
+// the scheduler's step, with the latents kept on the device) and the VAE decoder. The pipeline
+// (src/pipeline/) drives every engine the same way; create_engine() builds the CPU or the CUDA one from a
+// ModelDescription.
 //
 //   auto engine = create_engine(Device::kCuda, describe_model(loaders::resolve_model(path, options)));
 //   Tensor context = ...;                              // [1 or 2, 77, D] from encode_text

@@ -1,6 +1,6 @@
 // One model, described once: the description of every network it has (models/*.h) and where each network's
-// weights are (loaders/model_source.h). describe_model() is the single path from any source — diffusers folder
-// or single file — to what the engines build from.
+// weights are (loaders/model_source.h). describe_model() is the single path from any source — diffusers
+// folder or single file — to what the engines build from.
 #pragma once
 
 #include <optional>

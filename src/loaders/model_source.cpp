@@ -25,7 +25,8 @@ ComponentSource folder_component(const io::DiffusersFolder& folder, const std::s
 }
 
 // A component of a single file; the planned file is shared by every component's opener.
-ComponentSource file_component(const std::shared_ptr<const SingleFile>& file, const MappedComponent& component) {
+ComponentSource file_component(const std::shared_ptr<const SingleFile>& file,
+                               const MappedComponent& component) {
   return {component.name, component.config, fmt::format("{} ({})", file->path().string(), component.name),
           [file, &component] { return file->store(component); }};
 }
@@ -35,8 +36,14 @@ ModelSource resolve_folder(const fs::path& path, const SourceOptions& options) {
   auto tokenizer = text::ClipTokenizer::from_folder(folder.component_dir("tokenizer"));
   std::string name = fs::absolute(path).filename().string();
   if (name.empty()) name = fs::absolute(path).parent_path().filename().string();  // "dir/"
-  ModelSource source{path, name, std::move(tokenizer),
-                     folder_component(folder, "text_encoder", "model", options.prefer_fp16), {}, {}, {}, {}};
+  ModelSource source{path,
+                     name,
+                     std::move(tokenizer),
+                     folder_component(folder, "text_encoder", "model", options.prefer_fp16),
+                     {},
+                     {},
+                     {},
+                     {}};
   if (options.text_encoder_only) return source;
   source.unet = folder_component(folder, "unet", "diffusion_pytorch_model", options.prefer_fp16);
   source.vae = folder_component(folder, "vae", "diffusion_pytorch_model", options.prefer_fp16);

@@ -1,7 +1,7 @@
-// Where a model comes from, resolved: a diffusers folder or a single-file checkpoint (and an optional VAE file)
-// become one ModelSource — each component's config (what config.json holds, or what the single file implies),
-// a label naming that config in errors, and a way to open its weights under diffusers' names. Everything above
-// this layer (the model descriptions, the engines) is the same whatever the source was.
+// Where a model comes from, resolved: a diffusers folder or a single-file checkpoint (and an optional VAE
+// file) become one ModelSource — each component's config (what config.json holds, or what the single file
+// implies), a label naming that config in errors, and a way to open its weights under diffusers' names.
+// Everything above this layer (the model descriptions, the engines) is the same whatever the source was.
 #pragma once
 
 #include <filesystem>
@@ -30,7 +30,7 @@ struct ModelSource {
   std::string name;  // the folder's or file's name, for metadata
   text::ClipTokenizer tokenizer;
   ComponentSource text_encoder;
-  std::optional<ComponentSource> unet, vae;  // absent when only the text encoder was asked for
+  std::optional<ComponentSource> unet, vae;     // absent when only the text encoder was asked for
   std::optional<std::string> scheduler_config;  // scheduler_config.json's text (diffusers may write Infinity)
   std::string scheduler_label;
 };

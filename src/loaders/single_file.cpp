@@ -493,7 +493,7 @@ SingleFile SingleFile::open(const fs::path& path, const SingleFileOptions& optio
   }
   // Prediction type: the option, else the sidecar yaml, else epsilon.
   if (options.prediction_type) {
-    f.prediction_type_ = normalize_prediction(*options.prediction_type, "--prediction");
+    f.prediction_type_ = normalize_prediction(*options.prediction_type, "prediction_type");
     f.prediction_source_ = "option";
   } else {
     auto yaml = path;

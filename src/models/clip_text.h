@@ -50,20 +50,21 @@ std::string clip_text_key_prefix(const io::WeightStore& weights);
 
 // One encoder layer: pre-LayerNorm causal self-attention and MLP, each added to x [S, D].
 struct ClipLayerSpec {
-  LayerNormSpec layer_norm1;                       // [D]
-  LinearSpec q_proj, k_proj, v_proj, out_proj;     // D -> D, with bias
-  LayerNormSpec layer_norm2;                       // [D]
-  LinearSpec fc1;                                  // D -> I
-  LinearSpec fc2;                                  // I -> D
+  LayerNormSpec layer_norm1;                    // [D]
+  LinearSpec q_proj, k_proj, v_proj, out_proj;  // D -> D, with bias
+  LayerNormSpec layer_norm2;                    // [D]
+  LinearSpec fc1;                               // D -> I
+  LinearSpec fc2;                               // I -> D
 };
 
-// Keys are transformers 5's (no "text_model." prefix): WeightSource::key_prefix says how a checkpoint stores them.
+// Keys are transformers 5's (no "text_model." prefix): WeightSource::key_prefix says how a checkpoint stores
+// them.
 struct ClipTextDescription {
   ClipTextConfig config;
-  WeightSpec token_embedding;           // [vocab, D]
-  WeightSpec position_embedding;        // [max_positions, D]
-  std::vector<ClipLayerSpec> layers;    // num_hidden_layers
-  LayerNormSpec final_layer_norm;       // [D]
+  WeightSpec token_embedding;         // [vocab, D]
+  WeightSpec position_embedding;      // [max_positions, D]
+  std::vector<ClipLayerSpec> layers;  // num_hidden_layers
+  LayerNormSpec final_layer_norm;     // [D]
   std::vector<WeightSpec> weights() const;
 };
 

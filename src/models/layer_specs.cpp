@@ -14,8 +14,8 @@ Conv2dSpec Conv2dSpec::same(std::string name, int64_t in, int64_t out, int64_t k
 }
 
 void append_weights(std::vector<WeightSpec>& out, const LinearSpec& s) {
-  out.push_back({s.name + ".weight", s.storage == LinearStorage::kConv1x1 ? Shape{s.out, s.in, 1, 1}
-                                                                           : Shape{s.out, s.in}});
+  out.push_back({s.name + ".weight",
+                 s.storage == LinearStorage::kConv1x1 ? Shape{s.out, s.in, 1, 1} : Shape{s.out, s.in}});
   if (s.bias) out.push_back({s.name + ".bias", {s.out}});
 }
 
@@ -89,9 +89,8 @@ WeightSource::LinearKeys WeightSource::linear(const LinearSpec& s) const {
     name = s.legacy_name;
   LinearKeys keys{name + ".weight", s.bias ? name + ".bias" : "", {s.out, s.in}};
   const Shape conv_shape{s.out, s.in, 1, 1};
-  if (s.storage == LinearStorage::kConv1x1 ||
-      (s.storage == LinearStorage::kEither && stored(keys.weight) &&
-       store.info(key_prefix + keys.weight).shape == conv_shape))
+  if (s.storage == LinearStorage::kConv1x1 || (s.storage == LinearStorage::kEither && stored(keys.weight) &&
+                                               store.info(key_prefix + keys.weight).shape == conv_shape))
     keys.weight_shape = conv_shape;
   check(keys.weight, keys.weight_shape);
   if (s.bias) check(keys.bias, {s.out});

@@ -1,7 +1,7 @@
 // The leaves of every model description: one layer's hyper-parameters and the checkpoint keys of its
 // weights, with no storage and no backend. The network descriptions (unet.h, vae.h, clip_text.h) are trees of
-// these; the CPU executor (models/cpu/) and the CUDA executor (models/cuda/) build their layers from them, and
-// WeightSource is the one place that finds a spec's tensors in a checkpoint and checks their shapes.
+// these; the CPU executor (models/cpu/) and the CUDA executor (models/cuda/) build their layers from them,
+// and WeightSource is the one place that finds a spec's tensors in a checkpoint and checks their shapes.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +36,8 @@ struct LinearSpec {
   int64_t in = 0, out = 0;
   bool bias = true;
   LinearStorage storage = LinearStorage::kMatrix;
-  std::string legacy_name;  // the same layer's name in older checkpoints ("" if none), used when `name` is absent
+  std::string
+      legacy_name;  // the same layer's name in older checkpoints ("" if none), used when `name` is absent
 };
 
 // torch.nn.Conv2d with a square kernel: `name`.weight [out, in, k, k], `name`.bias [out].
@@ -67,7 +68,8 @@ struct LayerNormSpec {
 };
 
 // ResnetBlock2D, shared by the UNet and the VAE (whose resnets have no time embedding):
-//   (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + time_emb_proj(silu(emb)))))) / output_scale_factor
+//   (shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + time_emb_proj(silu(emb)))))) /
+//   output_scale_factor
 struct ResnetSpec {
   GroupNormSpec norm1;                      // [in]
   Conv2dSpec conv1;                         // in -> out, 3×3

@@ -274,11 +274,13 @@ UNetDescription describe_unet(const UNetConfig& c) {
     for (int64_t j = 0; j < layers; ++j) {
       const int64_t skip_ch = j == layers - 1 ? in_ch : out_ch;
       step(Kind::kConcatSkip);
-      resnet(fmt::format("up_blocks.{}.resnets.{}", i, j), (j == 0 ? prev_out : out_ch) + skip_ch, out_ch, 1.0);
+      resnet(fmt::format("up_blocks.{}.resnets.{}", i, j), (j == 0 ? prev_out : out_ch) + skip_ch, out_ch,
+             1.0);
       if (attention) transformer(fmt::format("up_blocks.{}.attentions.{}", i, j), out_ch, down_index);
     }
     if (i + 1 < n) {
-      d.upsamplers.push_back(Conv2dSpec::same(fmt::format("up_blocks.{}.upsamplers.0.conv", i), out_ch, out_ch, 3));
+      d.upsamplers.push_back(
+          Conv2dSpec::same(fmt::format("up_blocks.{}.upsamplers.0.conv", i), out_ch, out_ch, 3));
       step(Kind::kUpsample, d.upsamplers.size() - 1);
     }
   }

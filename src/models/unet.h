@@ -1,13 +1,14 @@
-// UNet2DConditionModel (diffusers), described once: the config, the block plan and the checkpoint key of every
-// weight. The CPU executor (models/cpu/unet.h, fp32 NCHW) and the CUDA executor (models/cuda/unet.h, fp16 NHWC)
-// both build their layers from a UNetDescription and run its block plan; neither restates the structure.
+// UNet2DConditionModel (diffusers), described once: the config, the block plan and the checkpoint key of
+// every weight. The CPU executor (models/cpu/unet.h, fp32 NCHW) and the CUDA executor (models/cuda/unet.h,
+// fp16 NHWC) both build their layers from a UNetDescription and run its block plan; neither restates the
+// structure.
 //
 //   sample [B, in, h, w], timestep t, context [B, S, cross_dim]
 //   emb = time_embedding(timestep_embedding(t))                          [B, 4·C0]
-//   x = conv_in(sample)                                                  [B, C0, h, w]        (kept as a skip)
-//   down blocks: (ResnetBlock2D [+ Transformer2D]) × layers, then a stride-2 conv; every output kept as a skip
-//   mid block:   ResnetBlock2D, Transformer2D, ResnetBlock2D
-//   up blocks:   (concat the last skip, ResnetBlock2D [+ Transformer2D]) × (layers + 1), then nearest up-
+//   x = conv_in(sample)                                                  [B, C0, h, w]        (kept as a
+//   skip) down blocks: (ResnetBlock2D [+ Transformer2D]) × layers, then a stride-2 conv; every output kept as
+//   a skip mid block:   ResnetBlock2D, Transformer2D, ResnetBlock2D up blocks:   (concat the last skip,
+//   ResnetBlock2D [+ Transformer2D]) × (layers + 1), then nearest up-
 //                sampling to the next skip's size + conv
 //   out = conv_out(silu(conv_norm_out(x)))                               [B, out, h, w]
 // The architecture comes from unet/config.json with diffusers' meanings, including its reading of
@@ -56,11 +57,11 @@ struct UNetConfig {
 
 // diffusers' Attention inside BasicTransformerBlock: no q/k/v bias, to_out.0 with bias.
 struct AttentionSpec {
-  LinearSpec to_q;          // dim -> dim
-  LinearSpec to_k, to_v;    // context_dim -> dim
-  LinearSpec to_out;        // dim -> dim
+  LinearSpec to_q;        // dim -> dim
+  LinearSpec to_k, to_v;  // context_dim -> dim
+  LinearSpec to_out;      // dim -> dim
   int64_t dim = 0, heads = 1, context_dim = 0;
-  bool cross = false;       // k/v from the context (attn2) rather than from x (attn1)
+  bool cross = false;  // k/v from the context (attn2) rather than from x (attn1)
   int64_t head_dim() const { return dim / heads; }
 };
 

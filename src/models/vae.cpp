@@ -187,7 +187,8 @@ VaeCoderSpec describe_decoder(const VaeConfig& c) {
       d.steps.push_back({VaeStep::Kind::kResnet, d.resnets.size() - 1});
     }
     if (i + 1 < ch.size()) {
-      d.samplers.push_back(Conv2dSpec::same(fmt::format("decoder.up_blocks.{}.upsamplers.0.conv", i), out, out, 3));
+      d.samplers.push_back(
+          Conv2dSpec::same(fmt::format("decoder.up_blocks.{}.upsamplers.0.conv", i), out, out, 3));
       d.steps.push_back({VaeStep::Kind::kUpsample, d.samplers.size() - 1});
     }
   }

@@ -61,8 +61,8 @@ struct VaeParts {
 
 // diffusers' Attention in the VAE's mid block: one head over all channels, + x.
 struct VaeAttentionSpec {
-  GroupNormSpec group_norm;                // [C], eps 1e-6
-  LinearSpec to_q, to_k, to_v, to_out;     // C -> C, with bias
+  GroupNormSpec group_norm;             // [C], eps 1e-6
+  LinearSpec to_q, to_k, to_v, to_out;  // C -> C, with bias
 };
 
 // One step of an encoder's / decoder's block plan, between conv_in and norm_out.
@@ -78,7 +78,8 @@ struct VaeStep {
 };
 
 // Encoder:  image [B, 3, H, W] -> conv_in -> plan -> GroupNorm + SiLU -> conv_out -> quant_conv -> moments
-// Decoder:  z [B, L, h, w] -> post_quant_conv (quant_conv here) -> conv_in -> plan -> GroupNorm + SiLU -> conv_out
+// Decoder:  z [B, L, h, w] -> post_quant_conv (quant_conv here) -> conv_in -> plan -> GroupNorm + SiLU ->
+// conv_out
 struct VaeCoderSpec {
   Conv2dSpec conv_in;
   std::vector<ResnetSpec> resnets;
@@ -87,7 +88,8 @@ struct VaeCoderSpec {
   std::vector<VaeStep> steps;  // the block plan
   GroupNormSpec norm_out;
   Conv2dSpec conv_out;
-  std::optional<Conv2dSpec> quant_conv;  // 1×1: after the encoder (quant_conv), before the decoder (post_quant_conv)
+  std::optional<Conv2dSpec>
+      quant_conv;  // 1×1: after the encoder (quant_conv), before the decoder (post_quant_conv)
 };
 
 struct VaeDescription {

@@ -2,10 +2,10 @@
 
 #include <fmt/format.h>
 
+#include "engines/model_description.h"
 #include "io/diffusers_folder.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
-#include "engines/model_description.h"
 #include "loaders/model_source.h"
 #include "loaders/single_file.h"
 #include "pipeline/model_impl.h"
@@ -30,20 +30,23 @@ schedulers::PredictionType parse_prediction(const std::string& name) {
 }  // namespace
 
 Model Model::load(const std::filesystem::path& path, const LoadOptions& options) {
-  // One path for every source and device: resolve the folder or file, describe its networks, build the engine.
-  // A text-encoder-only model always runs on the CPU (it serves tokenize / encode).
+  // One path for every source and device: resolve the folder or file, describe its networks, build the
+  // engine. A text-encoder-only model always runs on the CPU (it serves tokenize / encode).
   const Device device = options.text_encoder_only ? Device::kHost : options.device;
   auto source = loaders::resolve_model(path, {.text_encoder_only = options.text_encoder_only,
                                               .prediction_type = options.prediction_type,
                                               .vae = options.vae,
                                               .prefer_fp16 = device == Device::kCuda});
   const engines::ModelDescription description = engines::describe_model(source);
-  auto impl = std::unique_ptr<Impl>(new Impl{source.path, source.name, std::move(source.tokenizer), {}, {}, {}, {}});
+  auto impl =
+      std::unique_ptr<Impl>(new Impl{source.path, source.name, std::move(source.tokenizer), {}, {}, {}, {}});
   if (description.unet) {
     impl->unet_config = description.unet->config;
     impl->vae_config = description.vae->config;
-    impl->scheduler_config = schedulers::SchedulerConfig::from_json_text(*source.scheduler_config, source.scheduler_label);
-    if (options.prediction_type) impl->scheduler_config->prediction_type = parse_prediction(*options.prediction_type);
+    impl->scheduler_config =
+        schedulers::SchedulerConfig::from_json_text(*source.scheduler_config, source.scheduler_label);
+    if (options.prediction_type)
+      impl->scheduler_config->prediction_type = parse_prediction(*options.prediction_type);
   }
   impl->engine = engines::create_engine(device, description);
   return Model(std::move(impl));

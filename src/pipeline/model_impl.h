@@ -1,6 +1,6 @@
 // What sdrt::Model holds (shared by the pipeline's translation units, not part of the public API): the
-// tokenizer, the model's configs the pipeline reads (sizes, latent scaling, scheduler) and the engine that runs
-// the networks.
+// tokenizer, the model's configs the pipeline reads (sizes, latent scaling, scheduler) and the engine that
+// runs the networks.
 #pragma once
 
 #include <filesystem>

@@ -69,8 +69,8 @@ namespace {
 
 void check_size(const char* name, int value, int64_t factor) {
   if (value < 0 || value % factor != 0 || (value == 0 && factor == 0))
-    invalid(fmt::format("--{} {} must be a positive multiple of {}", name, value, factor));
-  if (value > 16384) invalid(fmt::format("--{} {} is larger than 16384", name, value));
+    invalid(fmt::format("{} {} must be a positive multiple of {}", name, value, factor));
+  if (value > 16384) invalid(fmt::format("{} {} is larger than 16384", name, value));
 }
 
 }  // namespace
@@ -78,10 +78,10 @@ void check_size(const char* name, int value, int64_t factor) {
 void validate_options(const GenerateOptions& o) {
   check_size("width", o.width, 8);  // 0 stands for the model's default
   check_size("height", o.height, 8);
-  if (o.steps < 1) invalid(fmt::format("--steps {} must be at least 1", o.steps));
-  if (o.steps > 10000) invalid(fmt::format("--steps {} is more than 10000", o.steps));
-  if (!std::isfinite(o.cfg_scale)) invalid("--cfg-scale must be a finite number");
-  if (o.rng != "cpu") invalid(fmt::format("--rng \"{}\" is not supported (cpu)", o.rng));
+  if (o.steps < 1) invalid(fmt::format("steps {} must be at least 1", o.steps));
+  if (o.steps > 10000) invalid(fmt::format("steps {} is more than 10000", o.steps));
+  if (!std::isfinite(o.cfg_scale)) invalid("cfg_scale must be a finite number");
+  if (o.rng != "cpu") invalid(fmt::format("rng \"{}\" is not supported (cpu)", o.rng));
   if (!o.scheduler.empty()) schedulers::parse_scheduler_name(o.scheduler);
 }
 
@@ -98,7 +98,7 @@ GenerateOptions Model::resolve(const GenerateOptions& options) const {
   const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
                                         : schedulers::parse_scheduler_name(o.scheduler);
   if (o.karras && (kind == schedulers::SchedulerKind::kPndm || kind == schedulers::SchedulerKind::kDdim))
-    invalid("--karras applies to the euler, euler_a and dpmpp_2m schedulers");
+    invalid("karras applies to the euler, euler_a and dpmpp_2m schedulers");
   if (o.init_noise) {
     const Shape want{1, m.unet_config->in_channels, o.height / factor, o.width / factor};
     if (o.init_noise->shape() != want || o.init_noise->dtype() != DType::kF32)

@@ -23,8 +23,12 @@ struct Attention {
   int64_t heads = 8, head_dim = 40;
 
   static Attention load(const WeightSource& w, const AttentionSpec& spec) {
-    return {Linear::load(w, spec.to_q), Linear::load(w, spec.to_k), Linear::load(w, spec.to_v),
-            Linear::load(w, spec.to_out), spec.heads, spec.head_dim()};
+    return {Linear::load(w, spec.to_q),
+            Linear::load(w, spec.to_k),
+            Linear::load(w, spec.to_v),
+            Linear::load(w, spec.to_out),
+            spec.heads,
+            spec.head_dim()};
   }
 
   // x [B, N, dim] (normalised), context [B, S, context_dim] (or x itself for self-attention);
@@ -68,8 +72,8 @@ struct TransformerBlock {
   Linear ff_proj, ff_out;
 
   static TransformerBlock load(const WeightSource& w, const TransformerBlockSpec& spec) {
-    return {LayerNorm::load(w, spec.norm1),   LayerNorm::load(w, spec.norm2), LayerNorm::load(w, spec.norm3),
-            Attention::load(w, spec.attn1),   Attention::load(w, spec.attn2), Linear::load(w, spec.ff_proj),
+    return {LayerNorm::load(w, spec.norm1), LayerNorm::load(w, spec.norm2), LayerNorm::load(w, spec.norm3),
+            Attention::load(w, spec.attn1), Attention::load(w, spec.attn2), Linear::load(w, spec.ff_proj),
             Linear::load(w, spec.ff_out)};
   }
 

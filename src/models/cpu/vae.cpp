@@ -363,8 +363,9 @@ Tensor AutoencoderKL::encode(const Tensor& image) const {
   int64_t h = H, w = W;
   for (size_t i = 0; i < downsamplings; ++i) {
     if (h < 2 || w < 2)
-      throw Error(ErrorKind::kInvalidArgument,
-                  fmt::format("VAE encode: image {}x{} is too small for {} downsamplings", W, H, downsamplings));
+      throw Error(
+          ErrorKind::kInvalidArgument,
+          fmt::format("VAE encode: image {}x{} is too small for {} downsamplings", W, H, downsamplings));
     h /= 2, w /= 2;
   }
   const int64_t out_c = 2 * config.latent_channels;

@@ -1,5 +1,5 @@
-// The CPU executor of AutoencoderKL (fp32, NCHW): loads the layers a VaeDescription names (models/vae.h, where
-// the architecture is described) and runs the encoder's and decoder's block plans one sample at a time.
+// The CPU executor of AutoencoderKL (fp32, NCHW): loads the layers a VaeDescription names (models/vae.h,
+// where the architecture is described) and runs the encoder's and decoder's block plans one sample at a time.
 #pragma once
 
 #include <filesystem>

@@ -27,7 +27,8 @@ ClipTextModel ClipTextModel::load(Context& ctx, const ClipTextDescription& d, co
   ClipTextModel te;
   te.config_ = d.config;
   for (const auto& spec : d.layers)
-    te.layers_->layers.push_back({LayerNorm::load(ctx, w, spec.layer_norm1), LayerNorm::load(ctx, w, spec.layer_norm2),
+    te.layers_->layers.push_back({LayerNorm::load(ctx, w, spec.layer_norm1),
+                                  LayerNorm::load(ctx, w, spec.layer_norm2),
                                   Linear::load_stacked(ctx, w, {&spec.q_proj, &spec.k_proj, &spec.v_proj}),
                                   Linear::load(ctx, w, spec.out_proj), Linear::load(ctx, w, spec.fc1),
                                   Linear::load(ctx, w, spec.fc2)});
@@ -56,18 +57,18 @@ Act ClipTextModel::forward(Context& ctx, ActivationPool& pool, const Act& x_in) 
     {
       OpScope scope(ctx, "attention");
       ops::attention(ctx,
-                      {.batch = B,
-                       .heads = H,
-                       .seq_q = S,
-                       .seq_kv = S,
-                       .head_dim = head_dim,
-                       .q_stride = 3 * D,
-                       .k_stride = 3 * D,
-                       .v_stride = 3 * D,
-                       .out_stride = D,
-                       .scale = 1.0f / std::sqrt(static_cast<float>(head_dim)),
-                       .causal = true},
-                      q3.data(), q3.data() + D, q3.data() + 2 * D, attn.data());
+                     {.batch = B,
+                      .heads = H,
+                      .seq_q = S,
+                      .seq_kv = S,
+                      .head_dim = head_dim,
+                      .q_stride = 3 * D,
+                      .k_stride = 3 * D,
+                      .v_stride = 3 * D,
+                      .out_stride = D,
+                      .scale = 1.0f / std::sqrt(static_cast<float>(head_dim)),
+                      .causal = true},
+                     q3.data(), q3.data() + D, q3.data() + 2 * D, attn.data());
     }
     l.out_proj.forward(ctx, attn.data(), x.data(), rows, /*residual=*/x.data());
     // x += fc2(act(fc1(ln2(x))))

@@ -12,8 +12,10 @@ namespace sdrt::models::cuda {
 
 class ClipTextModel {
  public:
-  // The layers `description` names (not the embedding tables: the host looks them up), streamed from `weights`.
-  static ClipTextModel load(Context& ctx, const ClipTextDescription& description, const WeightSource& weights);
+  // The layers `description` names (not the embedding tables: the host looks them up), streamed from
+  // `weights`.
+  static ClipTextModel load(Context& ctx, const ClipTextDescription& description,
+                            const WeightSource& weights);
   ClipTextModel(ClipTextModel&&) noexcept;
   ClipTextModel& operator=(ClipTextModel&&) noexcept;
   ~ClipTextModel();

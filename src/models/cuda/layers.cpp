@@ -121,7 +121,8 @@ void Act::reset() {
 
 namespace {
 
-ops::WeightUploader::Source stored_source(const WeightSource& w, const std::string& name, const Shape& expected) {
+ops::WeightUploader::Source stored_source(const WeightSource& w, const std::string& name,
+                                          const Shape& expected) {
   w.check(name, expected);
   const auto b = w.bytes(name);
   const ops::StoredType type = b.dtype == DType::kF16    ? ops::StoredType::kF16
@@ -154,14 +155,16 @@ Linear Linear::load(Context& ctx, const WeightSource& w, const LinearSpec& spec)
   return load_stacked(ctx, w, {&spec});
 }
 
-Linear Linear::load_stacked(Context& ctx, const WeightSource& w, const std::vector<const LinearSpec*>& specs) {
+Linear Linear::load_stacked(Context& ctx, const WeightSource& w,
+                            const std::vector<const LinearSpec*>& specs) {
   Linear l;
   if (specs.empty()) return l;
   l.in = specs.front()->in;
   const bool has_bias = specs.front()->bias;
   for (const LinearSpec* s : specs) {
     if (s->in != l.in || s->bias != has_bias)
-      throw Error(ErrorKind::kInternal, fmt::format("{}: stacked linears must share input width and bias", s->name));
+      throw Error(ErrorKind::kInternal,
+                  fmt::format("{}: stacked linears must share input width and bias", s->name));
     l.out += s->out;
   }
   l.weight = DeviceBuffer(static_cast<size_t>(l.out * l.in) * sizeof(__half));

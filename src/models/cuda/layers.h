@@ -105,7 +105,8 @@ struct Linear {
   static Linear load(Context& ctx, const WeightSource& w, const LinearSpec& spec);
   // Several Linears over the same input (same `in`, all with or all without bias) fused into one product:
   // weights stacked along `out` in the order given.
-  static Linear load_stacked(Context& ctx, const WeightSource& w, const std::vector<const LinearSpec*>& specs);
+  static Linear load_stacked(Context& ctx, const WeightSource& w,
+                             const std::vector<const LinearSpec*>& specs);
   // y [rows, out] = x [rows, in] · Wᵀ + b (+ residual, which may alias y)
   void forward(Context& ctx, const __half* x, __half* y, int64_t rows, const __half* residual = nullptr,
                int64_t x_stride = 0) const;

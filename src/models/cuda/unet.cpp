@@ -43,7 +43,8 @@ struct ResnetBlock {
       throw Error(ErrorKind::kUnsupported, fmt::format("{}: output_scale_factor {} is not supported on CUDA",
                                                        spec.norm1.name, spec.output_scale_factor));
     if (!spec.time_emb_proj)
-      throw Error(ErrorKind::kInternal, fmt::format("{}: a UNet resnet needs a time projection", spec.norm1.name));
+      throw Error(ErrorKind::kInternal,
+                  fmt::format("{}: a UNet resnet needs a time projection", spec.norm1.name));
     ResnetBlock r;
     r.norm1 = GroupNorm::load(ctx, w, spec.norm1);
     r.conv1 = Conv2d::load(ctx, w, spec.conv1);
@@ -255,7 +256,8 @@ int64_t UNet::context_kv_width() const {
 void UNet::project_context(Context& ctx, const Act& context, Act& context_kv) const {
   if (context_kv.c != context_kv_width() || context_kv.rows() != context.rows())
     throw Error(ErrorKind::kInternal, "unet: projected context has the wrong shape");
-  if (context_kv_width() > 0) layers_->context_kv.forward(ctx, context.data(), context_kv.data(), context.rows());
+  if (context_kv_width() > 0)
+    layers_->context_kv.forward(ctx, context.data(), context_kv.data(), context.rows());
 }
 
 Act UNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, const float* timestep,
@@ -330,8 +332,8 @@ Act UNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, const f
   return m.conv_out.forward(ctx, pool, x);
 }
 
-UNetGraph::UNetGraph(const UNet& unet, int64_t batch, int64_t height, int64_t width,
-                     int64_t context_tokens, bool use_graph)
+UNetGraph::UNetGraph(const UNet& unet, int64_t batch, int64_t height, int64_t width, int64_t context_tokens,
+                     bool use_graph)
     : unet_(unet), use_graph_(use_graph) {
   const auto& c = unet.config();
   sample_ = Act(io_pool_, batch, height, width, c.in_channels);

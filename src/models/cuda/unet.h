@@ -1,9 +1,9 @@
 // The CUDA executor of the UNet: fp16 weights and NHWC fp16 activations, built from the UNetDescription in
-// src/models/unet.h (read that file for the architecture) and running its block plan. Differences from the CPU
-// executor that are only about speed: self-attention q/k/v is one stacked product, every cross-attention's k/v
-// and every ResNet's time projection are one product each (LinearStack below), the time-embedding add rides on
-// GroupNorm (pre-bias), every bias and skip connection rides on the convolution / GEMM epilogue, and a whole
-// step can be captured into a CUDA graph (UNetGraph) and replayed.
+// src/models/unet.h (read that file for the architecture) and running its block plan. Differences from the
+// CPU executor that are only about speed: self-attention q/k/v is one stacked product, every
+// cross-attention's k/v and every ResNet's time projection are one product each (LinearStack below), the
+// time-embedding add rides on GroupNorm (pre-bias), every bias and skip connection rides on the convolution /
+// GEMM epilogue, and a whole step can be captured into a CUDA graph (UNetGraph) and replayed.
 #pragma once
 
 #include <memory>

@@ -1,5 +1,6 @@
-// The CUDA executor of the AutoencoderKL decoder (fp16 weights, NHWC fp16 activations): built from the decoder
-// half of a VaeDescription (src/models/vae.h, where the architecture is described) and running its block plan.
+// The CUDA executor of the AutoencoderKL decoder (fp16 weights, NHWC fp16 activations): built from the
+// decoder half of a VaeDescription (src/models/vae.h, where the architecture is described) and running its
+// block plan.
 #pragma once
 
 #include <memory>
