@@ -18,3 +18,5 @@ done
 # The parsers of untrusted files (safetensors, npy) are fuzzed for a bounded time.
 scripts/fuzz.sh "${SDRT_FUZZ_SECONDS:-60}"
 echo "sdrt: all tests passed (release and asan builds, fuzzers)"
+# GPU tests must not vanish silently: how many were compiled, run, skipped (no GPU) or left out (no nvcc).
+for preset in release asan; do scripts/gpu_test_count.sh "build/$preset"; done

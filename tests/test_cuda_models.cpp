@@ -76,6 +76,7 @@ TEST_P(CudaModelGolden, VaeDecodeMatchesDiffusers) {
   const auto dir = fixtures_dir() / GetParam();
   Engine e(dir);
   const auto cases = io::read_json_file(dir / "reference" / "vae_cases.json")["cases"];
+  ASSERT_EQ(cases.size(), 2u);  // every reference case of the fixture, none silently dropped
   for (const auto& c : cases) {
     const Tensor latents = io::read_npy(dir / "reference" / c["latents"].get<std::string>());
     const Tensor want = io::read_npy(dir / "reference" / c["image"].get<std::string>());
@@ -93,6 +94,7 @@ TEST_P(CudaModelGolden, TextEncoderMatchesTransformers) {
   Engine e(dir);
   const auto model = Model::load(dir, {.text_encoder_only = true});
   const auto cases = io::read_json_file(dir / "reference" / "text_encoder_cases.json")["cases"];
+  ASSERT_EQ(cases.size(), 3u);  // every reference case of the fixture, none silently dropped
   for (const auto& c : cases) {
     const std::string prompt = c["prompt"];
     const Tensor want = io::read_npy(dir / "reference" / c["last_hidden_state"].get<std::string>());
@@ -113,6 +115,7 @@ TEST_P(CudaModelGolden, Txt2ImgMatchesDiffusers) {
   load.device = Device::kCuda;
   const auto model = Model::load(dir, load);
   const auto cases = io::read_json_file(ref / "pipeline_cases.json")["cases"];
+  ASSERT_EQ(cases.size(), 10u);  // every reference case of the fixture, none silently dropped
   for (const auto& c : cases) {
     SCOPED_TRACE(c.dump());
     const GenerateOptions o = testing::pipeline_case_options(c, ref);

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -217,26 +218,50 @@ TEST(CudaOps, GroupNormShapesInAnyOrder) {
     int64_t spatial, channels;
   };
   const Shape shapes[] = {{4096, 960}, {64, 320}, {4096, 960}, {1024, 640}, {64, 320}};
+  // Each launch is compared with the CPU reference, and a shape seen again gives the same bits as the first
+  // time (the launch must not depend on what ran before).
+  std::map<std::pair<int64_t, int64_t>, std::vector<float>> first_result;
+  int checked = 0;
   for (const auto& sh : shapes) {
     SCOPED_TRACE(sh.channels);
-    const int64_t B = 2, n = B * sh.spatial * sh.channels;
-    DeviceBuffer x = tc::to_device_half(tc::random_normal(static_cast<size_t>(n), 7));
-    DeviceBuffer y(sizeof(__half) * static_cast<size_t>(n));
-    DeviceBuffer scratch =
-        zeroed_scratch(sdrt::cuda::group_norm_scratch_bytes(B, sh.spatial, sh.channels, 32));
+    const int64_t B = 2, S = sh.spatial, C = sh.channels, groups = 32;
+    const size_t n = static_cast<size_t>(B * S * C);
+    const auto x = channel_data(B * S, C, 7, 1.0f, 1.0f, 0.0f);
+    const auto gamma = tc::random_normal(static_cast<size_t>(C), 8, 0.2f, 1.0f);
+    const auto beta = tc::random_normal(static_cast<size_t>(C), 9, 0.2f);
+    auto x_nchw = nhwc_to_nchw(x, B, S, C);
+    std::vector<float> ref_nchw(n);
+    cpu::group_norm(x_nchw.data(), gamma.data(), beta.data(), ref_nchw.data(), B, C, S, groups, 1e-5f, true);
+    const auto ref = nchw_to_nhwc(ref_nchw, B, S, C);
+
+    DeviceBuffer d_x = tc::to_device_half(x);
+    DeviceBuffer d_y(sizeof(__half) * n);
+    DeviceBuffer d_gamma = tc::to_device(gamma), d_beta = tc::to_device(beta);
+    DeviceBuffer scratch = zeroed_scratch(sdrt::cuda::group_norm_scratch_bytes(B, S, C, groups));
     sdrt::cuda::GroupNormArgs args{};
-    args.x = x.as<__half>();
-    args.y = y.as<__half>();
+    args.x = d_x.as<__half>();
+    args.y = d_y.as<__half>();
+    args.gamma = d_gamma.as<float>();
+    args.beta = d_beta.as<float>();
     args.batch = B;
-    args.spatial = sh.spatial;
-    args.channels = sh.channels;
-    args.groups = 32;
+    args.spatial = S;
+    args.channels = C;
+    args.groups = groups;
     args.eps = 1e-5f;
     args.silu = true;
     args.scratch = scratch.data();
     ASSERT_NO_THROW(sdrt::cuda::launch_group_norm(args, tc::stream()));
     ASSERT_NO_THROW(tc::context().synchronize());
+    const auto got = tc::from_device_half(d_y, n);
+    EXPECT_TRUE(tc::expect_close(got, ref, {1e-6, 2e-3, 2e-3}));
+    const auto [seen, inserted] = first_result.emplace(std::make_pair(S, C), got);
+    if (!inserted) {
+      EXPECT_EQ(seen->second, got) << "a repeated shape gives different numbers";
+    }
+    ++checked;
   }
+  EXPECT_EQ(checked, 5);
+  EXPECT_EQ(first_result.size(), 3u);
 }
 
 // ---- LayerNorm

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <string>
@@ -17,6 +19,7 @@
 
 #include "backends/cuda/scheduler_step.cuh"
 #include "cuda_test_util.h"
+#include "io/json_file.h"
 #include "schedulers/scheduler.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"
@@ -248,6 +251,43 @@ TEST(CudaScheduler, EngineLoopMatchesCpuLoop) {
     EXPECT_LE(err, 1e-2);
     EXPECT_EQ(relative_l2(on_gpu.latents(), got), 0.0);
   }
+}
+
+// DDIM with clip_sample (diffusers' DDIM default when a PNDM config does not set it) and guidance: the GPU step
+// plan clips x0 as the CPU step does. The test can fail both ways: the GPU image must match the CPU image with
+// clipping, and clipping must change the picture (so a GPU that ignored it would be caught).
+TEST(CudaScheduler, DdimClipSampleMatchesCpu) {
+  SDRT_REQUIRE_CUDA();
+  testing::TempDir tmp;
+  const auto dir = testing::copy_fixture("tiny-sd1", tmp);
+  const auto config_path = dir / "scheduler" / "scheduler_config.json";
+  auto config = io::read_json_file(config_path);
+  config["clip_sample"] = true;
+  config["clip_sample_range"] = 0.5;  // tighter than the default 1.0, so that clipping surely bites
+  std::ofstream(config_path) << config.dump(2);
+  GenerateOptions o = tiny_options("ddim", false, 7.5);
+  const auto image_of = [&](const std::filesystem::path& model_dir, Device device) {
+    LoadOptions load;
+    load.device = device;
+    const Model model = Model::load(model_dir, load);
+    return model.txt2img(model.resolve(o)).rgb;
+  };
+  const auto gpu = image_of(dir, Device::kCuda);
+  const auto cpu = image_of(dir, Device::kHost);
+  const auto unclipped = image_of(testing::fixtures_dir() / "tiny-sd1", Device::kHost);
+  ASSERT_EQ(gpu.size(), cpu.size());
+  int64_t within_two = 0, worst = 0, clip_changed = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    const int d = std::abs(static_cast<int>(gpu[i]) - static_cast<int>(cpu[i]));
+    within_two += d <= 2;
+    worst = std::max<int64_t>(worst, d);
+    clip_changed += std::abs(static_cast<int>(cpu[i]) - static_cast<int>(unclipped[i])) > 2;
+  }
+  const double fraction = static_cast<double>(within_two) / static_cast<double>(gpu.size());
+  std::printf("[ cuda ddim clip ] %.4f within 2 levels of the CPU, max %lld; clipping changed %lld values\n",
+              fraction, static_cast<long long>(worst), static_cast<long long>(clip_changed));
+  EXPECT_GE(fraction, 0.99);
+  EXPECT_GT(clip_changed, static_cast<int64_t>(gpu.size() / 100));
 }
 
 TEST(CudaScheduler, EngineLoopCancelsWithTheLatentsSoFar) {

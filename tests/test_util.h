@@ -69,12 +69,19 @@ struct CommandResult {
   std::string err;  // stderr
 };
 
+// The sdrt binary the CLI tests run: $SDRT_CLI_PATH when set (another build of the CLI, e.g. a scratch build
+// with deliberately broken flags), else the one built with the tests.
+inline std::string cli_path() {
+  if (const char* env = std::getenv("SDRT_CLI_PATH"); env != nullptr && *env != '\0') return env;
+  return SDRT_CLI_PATH;
+}
+
 // Runs the sdrt CLI with `args` (already shell-quoted) and captures stdout and stderr.
 inline CommandResult run_cli(const std::string& args) {
   TempDir tmp;
   const auto out_path = tmp / "stdout", err_path = tmp / "stderr";
-  const std::string cmd = std::string("'") + SDRT_CLI_PATH + "' " + args + " >'" + out_path.string() +
-                          "' 2>'" + err_path.string() + "'";
+  const std::string cmd = std::string("'") + cli_path() + "' " + args + " >'" + out_path.string() + "' 2>'" +
+                          err_path.string() + "'";
   const int status = std::system(cmd.c_str());
   CommandResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -88,6 +95,11 @@ inline std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
+}
+
+// The DType of a safetensors dtype string ("F16", "BF16"; anything else: F32).
+inline DType stored_dtype(const std::string& s) {
+  return s == "F16" ? DType::kF16 : s == "BF16" ? DType::kBF16 : DType::kF32;
 }
 
 // The GenerateOptions of one case of a reference/pipeline_cases.json (scripts/make_fixtures.py).

@@ -50,11 +50,36 @@ struct ConvertedCheckpoint {
 };
 
 // Writes a single-file SD 1.x / 2.x checkpoint in the original CompVis / Stability layout (.safetensors,
-// .ckpt) as a diffusers folder at `output_dir` (created; it must not exist or must be empty):
-// model_index.json, the components' configs and safetensors (in the checkpoint's dtype, EMA weights when
-// stored), scheduler/ and tokenizer/ from the built-in CLIP vocabulary.
+// .ckpt) as a diffusers folder at `output_dir` (created; it must not exist or must be an empty folder, a
+// symbolic link to one is written through): model_index.json, the components' configs and safetensors (in
+// the checkpoint's dtype, EMA weights when stored), scheduler/ and tokenizer/ from the built-in CLIP
+// vocabulary. The output is checked before the checkpoint is read; the folder is filled under a temporary
+// sibling name and renamed at the end, so an error or an interrupt leaves nothing.
 ConvertedCheckpoint convert_checkpoint(const std::filesystem::path& checkpoint,
                                        const std::filesystem::path& output_dir,
                                        const ConvertOptions& options = {});
+
+// ---- Output safety
+// The rules every writer above follows: a symbolic link is written through to the file it leads to; an
+// existing output that is not a regular file (a FIFO, a device such as /dev/null, a folder, a socket) is
+// refused, never replaced; the output's folder must exist and be writable and the temporary name
+// (".<name>.tmp-XXXXXX") must fit the file system's limit.
+//
+// check_output_path applies them before any work (call it before loading a model, not after generating),
+// and also refuses an output that is one of the run's `inputs` (same file, through any link or hard link):
+// an input may be a file (a checkpoint also stands for its sidecar .yaml) or a folder (a diffusers model:
+// every file in it and in its subfolders). Empty paths in `inputs` are ignored. Throws sdrt::Error (kIo, or
+// kInvalidArgument for an input) naming the output and what is wrong.
+void check_output_path(const std::filesystem::path& output,
+                       const std::vector<std::filesystem::path>& inputs = {});
+
+// ---- Interrupting
+// request_interrupt(signo) is async-signal-safe (for a SIGINT / SIGTERM / SIGHUP handler): a write in
+// progress stops, removes its temporary file (or convert_checkpoint its temporary folder) and throws
+// sdrt::Error of kind kCancelled; so does every later write. interrupt_signal() returns the signal (0 when
+// none), so that a StepCallback can return false when it is set (Model::denoise then throws kCancelled
+// after the current step) and a front end can exit with 128 + signal.
+void request_interrupt(int signo) noexcept;
+int interrupt_signal() noexcept;
 
 }  // namespace sdrt

@@ -83,6 +83,11 @@ struct StageTimes {  // seconds
 // caller can fail before loading anything; Model::resolve repeats them against the model.
 void validate_options(const GenerateOptions& options);
 
+// Throws kInvalidArgument when a prompt is not well-formed UTF-8, naming `what` ("prompt", "negative
+// prompt") and the offset of the first bad byte. validate_options checks both prompts with it, and
+// Model::tokenize (so every path from text to the encoder: txt2img, tokenize, encode) calls it again.
+void validate_prompt(std::string_view text, std::string_view what = "prompt");
+
 // Called after every denoising step with (steps done, total steps); return false to cancel (the call then
 // throws sdrt::Error of kind kCancelled).
 using StepCallback = std::function<bool(int, int)>;
@@ -122,7 +127,14 @@ class Model {
   // ---- text
   // The text encoder's input: BOS, ids, EOS, truncated and padded to 77 with the model's pad token.
   std::vector<int32_t> tokenize(std::string_view prompt) const;
-  // last_hidden_state of the text encoder for one prompt: [1, 77, hidden], float32.
+  // How many of the prompt's tokens fall outside the text encoder's window (77 with BOS and EOS) and are
+  // dropped by tokenize: 0 when the prompt fits.
+  int dropped_tokens(std::string_view prompt) const;
+  // Things about the model worth a warning that do not stop it from running (a config switch that
+  // disagrees with the tensors present, weights the networks do not use), one line each.
+  const std::vector<std::string>& warnings() const;
+  // last_hidden_state of the text encoder for one prompt: [1, 77, hidden], float32 (checked finite: NaN or
+  // Inf in the output is a kModel error).
   Tensor encode_prompt(std::string_view prompt) const;
   PromptEncoding encode_prompt_full(std::string_view prompt) const;
   PromptEncoding encode_ids(const std::vector<int32_t>& ids) const;

@@ -1,53 +1,202 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string>
 
 #include <fmt/format.h>
 
+#include "io/interrupt.h"
 #include "sdrt/error.h"
 
 namespace sdrt::io {
 
-void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
-  namespace fs = std::filesystem;
-  const fs::path parent = path.has_parent_path() ? path.parent_path() : fs::path(".");
-  std::error_code ec;
-  if (!fs::is_directory(parent, ec))
-    throw Error(ErrorKind::kIo,
-                fmt::format("{}: output folder {} does not exist", path.string(), parent.string()));
-  if (fs::is_directory(path, ec))
-    throw Error(ErrorKind::kIo, fmt::format("{}: is a folder, not a file", path.string()));
+namespace fs = std::filesystem;
 
-  std::string tmpl = (parent / ("." + path.filename().string() + ".tmp-XXXXXX")).string();
-  const int fd = mkstemp(tmpl.data());
-  if (fd < 0)
-    throw Error(ErrorKind::kIo, fmt::format("{}: cannot create file: {}", path.string(), strerror(errno)));
+namespace {
+
+constexpr std::string_view kTmpSuffix = ".tmp-XXXXXX";
+constexpr size_t kWriteChunk = size_t{16} << 20;  // an interrupt is honoured between chunks
+constexpr int kMaxLinks = 40;                     // as the kernel's ELOOP limit
+
+[[noreturn]] void fail(const fs::path& path, const std::string& what) {
+  throw Error(ErrorKind::kIo, fmt::format("{}: {}", path.string(), what));
+}
+
+const char* special_type(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+// Follows `path` while it is a symbolic link; relative targets are taken against the link's folder.
+fs::path follow_links(const fs::path& path) {
+  fs::path p = path;
+  for (int i = 0; i < kMaxLinks; ++i) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return p;
+    std::error_code ec;
+    const fs::path target = fs::read_symlink(p, ec);
+    if (ec) fail(path, "cannot read the symbolic link: " + ec.message());
+    p = target.is_absolute() ? target : (p.has_parent_path() ? p.parent_path() : fs::path(".")) / target;
+  }
+  fail(path, "too many levels of symbolic links");
+}
+
+fs::path folder_of(const fs::path& p) {
+  return p.has_parent_path() ? p.parent_path() : fs::path(".");
+}
+
+// The target's folder exists and is writable, and ".<name>.tmp-XXXXXX" fits the name length limit.
+void check_folder_and_name(const fs::path& requested, const fs::path& target) {
+  const fs::path parent = folder_of(target);
+  struct stat st {};
+  if (::stat(parent.c_str(), &st) != 0)
+    fail(requested, fmt::format("output folder {} does not exist", parent.string()));
+  if (!S_ISDIR(st.st_mode)) fail(requested, fmt::format("{} is not a folder", parent.string()));
+  if (::access(parent.c_str(), W_OK | X_OK) != 0)
+    fail(requested, fmt::format("cannot write in folder {}: {}", parent.string(), std::strerror(errno)));
+  const std::string name = target.filename().string();
+  if (name.empty() || name == "." || name == "..") fail(requested, "is a folder, not a file name");
+  long name_max = ::pathconf(parent.c_str(), _PC_NAME_MAX);
+  if (name_max <= 0) name_max = NAME_MAX;
+  const size_t needed = 1 + name.size() + kTmpSuffix.size();
+  if (needed > static_cast<size_t>(name_max))
+    fail(requested, fmt::format("file name is too long ({} bytes; with the temporary suffix sdrt writes "
+                                "first it must stay within {})",
+                                name.size(), name_max - 1 - static_cast<long>(kTmpSuffix.size())));
+}
+
+std::string temporary_template(const fs::path& target) {
+  std::string name = ".";
+  name.append(target.filename().string());
+  name.append(kTmpSuffix);
+  return (folder_of(target) / name).string();
+}
+
+}  // namespace
+
+fs::path resolve_output_file(const fs::path& path) {
+  if (path.empty()) throw Error(ErrorKind::kInvalidArgument, "empty output path");
+  const fs::path target = follow_links(path);
+  struct stat st {};
+  if (::stat(target.c_str(), &st) == 0) {
+    const std::string via =
+        target == path ? "" : fmt::format(" (the symbolic link leads to {})", target.string());
+    if (S_ISDIR(st.st_mode)) fail(path, fmt::format("is a folder, not a file{}", via));
+    if (!S_ISREG(st.st_mode))
+      fail(path, fmt::format("exists and is {}{}; refusing to replace it (give the path of a regular file)",
+                             special_type(st.st_mode), via));
+  }
+  check_folder_and_name(path, target);
+  return target;
+}
+
+fs::path resolve_output_folder(const fs::path& path) {
+  if (path.empty()) throw Error(ErrorKind::kInvalidArgument, "empty output path");
+  fs::path target = follow_links(path);
+  // "out/" names the folder "out".
+  if (!target.has_filename() && target.has_parent_path()) target = target.parent_path();
+  struct stat st {};
+  if (::stat(target.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode))
+      fail(path, fmt::format("exists and is {}, not a folder; refusing to replace it",
+                             S_ISREG(st.st_mode) ? "a file" : special_type(st.st_mode)));
+    std::error_code ec;
+    if (!fs::is_empty(target, ec) || ec)
+      fail(path, ec ? "cannot read the folder: " + ec.message() : "output folder exists and is not empty");
+  }
+  check_folder_and_name(path, target);
+  return target;
+}
+
+void write_file_atomically(const fs::path& path, std::string_view bytes) {
+  const fs::path target = resolve_output_file(path);
+  throw_if_interrupted(path.string());
+  // Keep the permissions of the file replaced; a new file gets the usual 0666 minus umask.
+  mode_t mode;
+  if (struct stat st{}; ::stat(target.c_str(), &st) == 0) {
+    mode = st.st_mode & 07777;
+  } else {
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    mode = 0666 & ~mask;
+  }
+
+  std::string tmp = temporary_template(target);
+  const int fd = mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) fail(path, fmt::format("cannot create file: {}", std::strerror(errno)));
+  const auto abandon = [&](const std::string& what) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    fail(path, what);
+  };
   size_t done = 0;
   while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
+    if (interrupt_signal() != 0) {
       ::close(fd);
-      ::unlink(tmpl.c_str());
-      throw Error(ErrorKind::kIo, fmt::format("{}: write failed: {}", path.string(), strerror(err)));
+      ::unlink(tmp.c_str());
+      throw_if_interrupted(path.string());
     }
+    const size_t chunk = std::min(kWriteChunk, bytes.size() - done);
+    const ssize_t n = ::write(fd, bytes.data() + done, chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) abandon(fmt::format("write failed: {}", std::strerror(errno)));
+    if (n == 0) abandon("write failed: no progress");
     done += static_cast<size_t>(n);
   }
-  // mkstemp creates 0600; give the file the usual permissions (0666 minus umask).
+  ::fchmod(fd, mode);
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    fail(path, fmt::format("write failed: {}", std::strerror(err)));
+  }
+  if (interrupt_signal() != 0) {
+    ::unlink(tmp.c_str());
+    throw_if_interrupted(path.string());
+  }
+  if (::rename(tmp.c_str(), target.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    fail(path, fmt::format("cannot write: {}", std::strerror(err)));
+  }
+}
+
+TemporaryFolder::TemporaryFolder(const fs::path& path)
+    : requested_(path), target_(resolve_output_folder(path)) {
+  std::string tmp = temporary_template(target_);
+  if (::mkdtemp(tmp.data()) == nullptr)
+    fail(path, fmt::format("cannot create a folder next to it: {}", std::strerror(errno)));
+  temporary_ = tmp;
+  // mkdtemp creates 0700; give the folder the usual permissions (0777 minus umask).
   const mode_t mask = ::umask(0);
   ::umask(mask);
-  ::fchmod(fd, 0666 & ~mask);
-  if (::close(fd) != 0 || ::rename(tmpl.c_str(), path.c_str()) != 0) {
+  ::chmod(temporary_.c_str(), 0777 & ~mask);
+}
+
+TemporaryFolder::~TemporaryFolder() {
+  if (committed_) return;
+  std::error_code ec;
+  fs::remove_all(temporary_, ec);
+}
+
+void TemporaryFolder::commit() {
+  throw_if_interrupted(requested_.string());
+  // rename(2) replaces an empty folder at the target, and fails when a folder there is not empty.
+  if (::rename(temporary_.c_str(), target_.c_str()) != 0) {
     const int err = errno;
-    ::unlink(tmpl.c_str());
-    throw Error(ErrorKind::kIo, fmt::format("{}: cannot write: {}", path.string(), strerror(err)));
+    if (err == ENOTEMPTY || err == EEXIST) fail(requested_, "output folder exists and is not empty");
+    fail(requested_, fmt::format("cannot rename the finished folder into place: {}", std::strerror(err)));
   }
+  committed_ = true;
 }
 
 }  // namespace sdrt::io

@@ -1,8 +1,12 @@
 #include "io/diffusers_folder.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "io/json_file.h"
+#include "io/regular_file.h"
+#include "io/untrusted_text.h"
 #include "sdrt/error.h"
 
 namespace sdrt::io {
@@ -12,9 +16,8 @@ DiffusersFolder DiffusersFolder::open(const std::filesystem::path& root) {
   if (!std::filesystem::exists(root, ec))
     throw Error(ErrorKind::kIo, fmt::format("{}: no such model folder", root.string()));
   if (!std::filesystem::is_directory(root, ec))
-    throw Error(
-        ErrorKind::kUnsupported,
-        fmt::format("{}: not a folder (single-file checkpoints are not supported yet)", root.string()));
+    throw Error(ErrorKind::kIo, fmt::format("{}: is {}, not a diffusers model folder", root.string(),
+                                            describe_file_type(root)));
   const auto index_path = root / "model_index.json";
   if (!std::filesystem::exists(index_path, ec))
     throw Error(
@@ -37,6 +40,15 @@ DiffusersFolder DiffusersFolder::open(const std::filesystem::path& root) {
       throw Error(ErrorKind::kFormat,
                   fmt::format("{}: field \"{}\" must be [library, class] (a list of two)", what, key));
     if (value[0].is_null() && value[1].is_null()) continue;
+    // The name becomes a folder under the model: nothing that leaves it or hides in it.
+    if (key.empty() || key == "." || key == ".." || key.find_first_of("/\\") != std::string::npos ||
+        key.find('\0') != std::string::npos || key.find("..") != std::string::npos ||
+        std::any_of(key.begin(), key.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; }))
+      throw Error(
+          ErrorKind::kFormat,
+          fmt::format("{}: component name {} is not a plain folder name (no path separators, no \"..\", "
+                      "no control characters)",
+                      what, quoted_ascii(key)));
     if (!value[0].is_string() || !value[1].is_string())
       throw Error(ErrorKind::kFormat,
                   fmt::format("{}: field \"{}\" must be [library, class] strings", what, key));

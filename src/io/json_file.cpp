@@ -1,24 +1,15 @@
 #include "io/json_file.h"
 
-#include <fstream>
-#include <sstream>
-
 #include <fmt/format.h>
 
+#include "io/regular_file.h"
 #include "sdrt/error.h"
 
 namespace sdrt::io {
 
 std::string read_text_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec))
-    throw Error(ErrorKind::kIo, fmt::format("{}: no such file", path.string()));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorKind::kIo, fmt::format("{}: cannot open for reading", path.string()));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw Error(ErrorKind::kIo, fmt::format("{}: read failed", path.string()));
-  return ss.str();
+  // Missing, a folder, a FIFO or a device: an error naming what it is (never a hang on a FIFO).
+  return read_regular_file(path);
 }
 
 nlohmann::json read_json_file(const std::filesystem::path& path) {

@@ -12,7 +12,8 @@ namespace sdrt::io {
 
 // Reads the whole file and parses it; throws sdrt::Error (kIo when missing, kFormat when malformed).
 nlohmann::json read_json_file(const std::filesystem::path& path);
-// Reads a whole file into a string; throws kIo naming the file.
+// Reads a whole regular file into a string; throws kIo naming the file and what it is when missing or not a
+// regular file (io/regular_file.h).
 std::string read_text_file(const std::filesystem::path& path);
 
 // Typed field access for config files: `what` names the file in error messages.

@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "io/regular_file.h"
 #include "sdrt/error.h"
 
 namespace sdrt::io {
@@ -31,17 +32,12 @@ struct FdCloser {
 }  // namespace
 
 MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
-  int fd;
-  do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) throw_os_error(path, "cannot open", errno);
+  // Refuses folders, FIFOs and devices by name before opening (opening a FIFO would block).
+  const int fd = open_regular_file(path);
   FdCloser closer{fd};
 
   struct stat st {};
   if (::fstat(fd, &st) != 0) throw_os_error(path, "cannot stat", errno);
-  // Directories open fine with O_RDONLY; refuse them (and fifos, devices) with a clear message.
-  if (!S_ISREG(st.st_mode)) throw Error(ErrorKind::kIo, fmt::format("{}: not a regular file", path.string()));
   if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) > std::numeric_limits<size_t>::max())
     throw Error(ErrorKind::kIo, fmt::format("{}: file size {} cannot be mapped", path.string(), st.st_size));
   size_ = static_cast<size_t>(st.st_size);

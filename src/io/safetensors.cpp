@@ -349,6 +349,29 @@ std::string lower_ext(const fs::path& p) {
   return s;
 }
 
+// The format a file that cannot be safetensors starts like, or nullptr. Only a file whose first 8 bytes are
+// not a plausible header length followed by '{' is looked at, so a real safetensors file is never taken for
+// something else.
+const char* other_format(const std::byte* bytes, size_t size) {
+  if (size >= 9) {
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = header_len << 8 | std::to_integer<uint64_t>(bytes[i]);
+    if (header_len <= size - 8 && header_len <= kMaxHeaderBytes && bytes[8] == std::byte{'{'}) return nullptr;
+  }
+  const auto starts = [&](std::string_view magic) {
+    return size >= magic.size() && std::memcmp(bytes, magic.data(), magic.size()) == 0;
+  };
+  if (starts(std::string_view("PK\x03\x04", 4)))
+    return "a zip archive, as a PyTorch .ckpt / .pt is: give it its .ckpt name";
+  if (starts("\x80\x02") || starts("\x80\x03") || starts("\x80\x04") || starts("\x80\x05"))
+    return "a Python pickle, as an old PyTorch .ckpt / .bin is";
+  if (starts("GGUF")) return "a GGUF file";
+  if (starts("\x89PNG")) return "a PNG image";
+  if (starts(std::string_view("\x93NUMPY", 6))) return "a NumPy .npy file";
+  if (starts("{") || starts("[")) return "a JSON file";
+  return nullptr;
+}
+
 bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -364,6 +387,10 @@ SafetensorsFile SafetensorsFile::open(const fs::path& path) {
   f.file_ = std::make_shared<MappedFile>(path);
   f.bytes_ = f.file_->data();
   f.size_ = f.file_->size();
+  // A file of another format under a .safetensors name (a renamed .ckpt, ...): say what it looks like
+  // rather than what its first 8 bytes mean as a header length.
+  if (const char* other = other_format(f.bytes_, f.size_))
+    fail(ErrorKind::kFormat, path, fmt::format("not a safetensors file (looks like {})", other));
   f.parse();
   return f;
 }
@@ -591,7 +618,9 @@ WeightStore WeightStore::from_component_dir(const fs::path& dir, const std::stri
   std::string looked_for;
   for (const auto& c : order) {
     const fs::path p = dir / c.name;
-    if (fs::is_regular_file(p, ec)) return c.is_index ? from_index(p) : from_file(p);
+    // Present but not a regular file (a FIFO, a folder): opening it names what it is rather than "no
+    // weights".
+    if (fs::exists(fs::status(p, ec))) return c.is_index ? from_index(p) : from_file(p);
     looked_for += (looked_for.empty() ? "" : ", ") + c.name;
   }
   fail(ErrorKind::kIo, dir, fmt::format("no weights for {} (looked for {})", quote_name(stem), looked_for));

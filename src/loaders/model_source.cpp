@@ -6,6 +6,7 @@
 
 #include "io/diffusers_folder.h"
 #include "io/json_file.h"
+#include "io/regular_file.h"
 #include "loaders/single_file.h"
 #include "sdrt/error.h"
 
@@ -76,8 +77,18 @@ ModelSource resolve_single_file(const fs::path& path, const SourceOptions& optio
 
 ModelSource resolve_model(const fs::path& path, const SourceOptions& options) {
   std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st))
+    throw Error(ErrorKind::kIo, path.string() + (fs::is_symlink(fs::symlink_status(path, ec))
+                                                     ? ": is a symbolic link to a missing file or folder"
+                                                     : ": no such model folder or checkpoint file"));
+  if (!fs::is_regular_file(st) && !fs::is_directory(st))  // a FIFO, a device, a socket
+    throw Error(ErrorKind::kIo, fmt::format("{}: is {}, not a model folder or a checkpoint file",
+                                            path.string(), io::describe_file_type(path)));
+  // Checked before anything is read: the VAE file replaces the model's own.
+  if (!options.vae.empty() && !options.text_encoder_only) io::require_regular_file(options.vae);
   ModelSource source =
-      fs::is_regular_file(path, ec) ? resolve_single_file(path, options) : resolve_folder(path, options);
+      fs::is_regular_file(st) ? resolve_single_file(path, options) : resolve_folder(path, options);
   if (source.vae && !options.vae.empty()) {
     const auto vae = std::make_shared<const SingleFile>(SingleFile::open_vae(options.vae));
     source.vae = file_component(vae, *vae->vae());

@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <numeric>
 #include <set>
+#include <sstream>
 
 #include "io/atomic_file.h"
+#include "io/interrupt.h"
+#include "io/regular_file.h"
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
 #include "sdrt/error.h"
@@ -416,24 +418,79 @@ MappedComponent plan_open_clip(const WeightStore& src, const fs::path& file) {
   return c;
 }
 
-// `parameterization: "v"` in the original training config next to the checkpoint (<stem>.yaml).
+// The scalar at model.params.parameterization in the original training config next to the checkpoint
+// (<stem>.yaml, e.g. `parameterization: "v"` in SD 2.x's v2-inference-v.yaml). A minimal strict reader of
+// the block-mapping subset those configs use: `key: value` / `key:` lines nested by space indentation,
+// `#` comments, blank lines and `- item` list lines (skipped); a scalar may be plain, 'single' or "double"
+// quoted. Tabs in indentation, flow mappings at the key's level and a duplicated key are errors naming the
+// file and line — so a "parameterization" elsewhere (a comment, another section, a longer key) no longer
+// counts, as it did with the old substring match.
 std::optional<std::string> yaml_parameterization(const fs::path& yaml) {
-  std::ifstream in(yaml);
-  if (!in) return std::nullopt;
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(yaml, ec))) return std::nullopt;
+  // A sidecar that is there must be readable: a FIFO or a folder of that name is an error naming it, not a
+  // hang and not silently ignored.
+  const std::string text = io::read_regular_file(yaml);
+  const auto fail = [&](size_t line_no, const std::string& what) {
+    throw Error(ErrorKind::kFormat, fmt::format("{}:{}: {}", yaml.string(), line_no, what));
+  };
+  const std::vector<std::string> want{"model", "params", "parameterization"};
+  std::vector<std::pair<size_t, std::string>> path;  // (indent, key) of the enclosing mappings
+  std::optional<std::string> found;
+  std::istringstream in(text);
   std::string line;
+  size_t line_no = 0;
   while (std::getline(in, line)) {
-    const auto hash = line.find('#');
-    if (hash != std::string::npos) line.resize(hash);
-    const auto at = line.find("parameterization:");
-    if (at == std::string::npos) continue;
-    std::string v = line.substr(at + 17);
-    v.erase(std::remove_if(
-                v.begin(), v.end(),
-                [](char ch) { return ch == ' ' || ch == '"' || ch == '\'' || ch == '\t' || ch == '\r'; }),
-            v.end());
-    return v;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    size_t indent = 0;
+    while (indent < line.size() && line[indent] == ' ') ++indent;
+    if (indent < line.size() && line[indent] == '\t') fail(line_no, "a tab in the indentation");
+    if (indent == line.size() || line[indent] == '#') continue;
+    if (line.compare(indent, 3, "---") == 0 && indent == 0) continue;
+    if (line[indent] == '-' && (indent + 1 == line.size() || line[indent + 1] == ' ')) continue;  // list item
+    // key: the text up to the first ": " (or a trailing ':') outside quotes.
+    size_t colon = std::string::npos;
+    for (size_t i = indent; i < line.size(); ++i) {
+      if (line[i] == ':' && (i + 1 == line.size() || line[i + 1] == ' ')) {
+        colon = i;
+        break;
+      }
+      if (line[i] == '"' || line[i] == '\'' || line[i] == '{' || line[i] == '[') break;
+    }
+    if (colon == std::string::npos) continue;  // a continuation of a multi-line scalar
+    std::string key = line.substr(indent, colon - indent);
+    while (!key.empty() && key.back() == ' ') key.pop_back();
+    while (!path.empty() && path.back().first >= indent) path.pop_back();
+    path.emplace_back(indent, key);
+    if (path.size() != want.size() || !std::equal(path.begin(), path.end(), want.begin(),
+                                                  [](const auto& a, const auto& b) { return a.second == b; }))
+      continue;
+    // The value: a plain or quoted scalar, then an optional comment.
+    std::string v = line.substr(colon + 1);
+    size_t b = v.find_first_not_of(' ');
+    v = b == std::string::npos ? "" : v.substr(b);
+    std::string value;
+    if (!v.empty() && (v[0] == '"' || v[0] == '\'')) {
+      const auto close = v.find(v[0], 1);
+      if (close == std::string::npos) fail(line_no, "unterminated quoted value of \"parameterization\"");
+      value = v.substr(1, close - 1);
+      const auto rest = v.find_first_not_of(' ', close + 1);
+      if (rest != std::string::npos && v[rest] != '#')
+        fail(line_no, "text after the quoted value of \"parameterization\"");
+    } else {
+      const auto hash = v.find(" #");
+      value = v.substr(0, hash);
+      while (!value.empty() && value.back() == ' ') value.pop_back();
+      if (!value.empty() && value[0] == '#') value.clear();
+      if (value.empty() || value[0] == '{' || value[0] == '[' || value[0] == '|' || value[0] == '>' ||
+          value[0] == '&' || value[0] == '*' || value[0] == '!')
+        fail(line_no, "\"parameterization\" must be a plain scalar such as \"v\" or \"eps\"");
+    }
+    if (found) fail(line_no, "\"parameterization\" is given twice under model.params");
+    found = value;
   }
-  return std::nullopt;
+  return found;
 }
 
 std::string normalize_prediction(const std::string& v, const std::string& origin) {
@@ -671,19 +728,21 @@ void write_tokenizer_folder(const fs::path& dir, const std::string& pad_token) {
 
 }  // namespace
 
-void convert_to_diffusers(const SingleFile& file, const fs::path& dir) {
+void convert_to_diffusers(const SingleFile& file, const fs::path& output) {
   if (!file.text_encoder() || !file.unet() || !file.vae())
     fail(ErrorKind::kInvalidArgument, file.path(),
          "convert needs a whole checkpoint (text encoder, UNet, VAE)");
-  std::error_code ec;
-  if (fs::exists(dir, ec) && !fs::is_empty(dir, ec))
-    fail(ErrorKind::kInvalidArgument, dir, "output folder exists and is not empty");
-  fs::create_directories(dir, ec);
-  if (ec) fail(ErrorKind::kIo, dir, "cannot create the folder: " + ec.message());
+  // Everything is written into a temporary sibling folder renamed to `output` at the end: an error or an
+  // interruption (io/interrupt.h) removes it, so a half-written model folder is never left behind.
+  io::TemporaryFolder folder(output);
+  const fs::path& dir = folder.path();
   const auto write_component = [&](const MappedComponent& c, const std::string& stem) {
+    io::throw_if_interrupted(output.string());
     fs::create_directories(dir / c.name);
     write_file_atomically(dir / c.name / "config.json", c.config.dump(2));
-    write_safetensors(dir / c.name / (stem + ".safetensors"), file.load(c));
+    const auto tensors = file.load(c);
+    io::throw_if_interrupted(output.string());
+    write_safetensors(dir / c.name / (stem + ".safetensors"), tensors);
   };
   write_component(*file.text_encoder(), "model");
   write_component(*file.unet(), "diffusion_pytorch_model");
@@ -702,6 +761,7 @@ void convert_to_diffusers(const SingleFile& file, const fs::path& dir) {
                                 {"unet", {"diffusers", "UNet2DConditionModel"}},
                                 {"vae", {"diffusers", "AutoencoderKL"}}};
   write_file_atomically(dir / "model_index.json", index.dump(2));
+  folder.commit();
 }
 
 }  // namespace sdrt::loaders

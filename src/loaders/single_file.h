@@ -111,8 +111,10 @@ class SingleFile {
   std::optional<MappedComponent> text_encoder_, unet_, vae_;
 };
 
-// Writes `file` as a diffusers folder at `dir` (created; must not exist or be empty): model_index.json,
-// configs, one safetensors per component, and tokenizer/ from the built-in CLIP vocabulary.
-void convert_to_diffusers(const SingleFile& file, const std::filesystem::path& dir);
+// Writes `file` as a diffusers folder at `output` (it must not exist or be an empty folder; a symbolic link
+// to one is written through): model_index.json, configs, one safetensors per component, and tokenizer/ from
+// the built-in CLIP vocabulary. The folder is filled under a temporary sibling name and renamed at the end;
+// on an error or an interrupt (io/interrupt.h, kCancelled) nothing is left.
+void convert_to_diffusers(const SingleFile& file, const std::filesystem::path& output);
 
 }  // namespace sdrt::loaders

@@ -1,5 +1,6 @@
 #include "models/clip_text.h"
 
+#include <cmath>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -49,6 +50,9 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& j, const std::str
   positive(c.num_hidden_layers, "num_hidden_layers");
   positive(c.num_attention_heads, "num_attention_heads");
   positive(c.max_position_embeddings, "max_position_embeddings");
+  if (!(c.layer_norm_eps > 0.0f && std::isfinite(c.layer_norm_eps)))
+    throw Error(ErrorKind::kFormat, fmt::format("{}: field \"layer_norm_eps\" = {} must be a positive number",
+                                                what, c.layer_norm_eps));
   if (c.hidden_size % c.num_attention_heads != 0)
     throw Error(ErrorKind::kFormat,
                 fmt::format("{}: hidden_size {} is not divisible by num_attention_heads {}", what,

@@ -129,6 +129,33 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j, const std::string& wha
     if (c.layers_per_block[i] <= 0 || c.transformer_layers_per_block[i] <= 0)
       throw Error(ErrorKind::kFormat, fmt::format("{}: block {} needs at least one layer", what, i));
   }
+  // Numbers that size allocations are bounded before anything is built from them: SD's UNets have 4 in/out
+  // channels, sample_size 64 or 96, 320..1280 channels, cross_attention_dim 768..2048.
+  const auto in_range = [&](int64_t v, int64_t lo, int64_t hi, const std::string& field) {
+    if (v < lo || v > hi)
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("{}: field \"{}\" = {} is out of range ({} to {})", what, field, v, lo, hi));
+  };
+  in_range(c.in_channels, 1, 64, "in_channels");
+  in_range(c.out_channels, 1, 64, "out_channels");
+  in_range(c.sample_size, 1, 2048, "sample_size");
+  in_range(static_cast<int64_t>(blocks), 1, 8, "block_out_channels (length)");
+  for (size_t i = 0; i < blocks; ++i) {
+    in_range(c.block_out_channels[i], 1, 1 << 14, fmt::format("block_out_channels[{}]", i));
+    in_range(c.layers_per_block[i], 1, 16, fmt::format("layers_per_block[{}]", i));
+    in_range(c.transformer_layers_per_block[i], 1, 64, fmt::format("transformer_layers_per_block[{}]", i));
+  }
+  in_range(c.cross_attention_dim, 1, 1 << 14, "cross_attention_dim");
+  in_range(c.norm_num_groups, 1, 1024, "norm_num_groups");
+  in_range(c.downsample_padding, 0, 16, "downsample_padding");
+  for (const auto& [field, v] :
+       {std::pair{"norm_eps", static_cast<double>(c.norm_eps)}, std::pair{"freq_shift", c.freq_shift},
+        std::pair{"mid_block_scale_factor", c.mid_block_scale_factor}})
+    if (!std::isfinite(v))
+      throw Error(ErrorKind::kFormat, fmt::format("{}: field \"{}\" = {} is not finite", what, field, v));
+  if (!(c.norm_eps > 0.0f))
+    throw Error(ErrorKind::kFormat,
+                fmt::format("{}: field \"norm_eps\" = {} must be positive", what, c.norm_eps));
   // Features of other UNet variants (SDXL's added embeddings, class conditioning, ...) are refused by name
   // rather than silently ignored.
   require_default(j, "act_fn", "silu", what);

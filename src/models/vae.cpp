@@ -104,8 +104,17 @@ VaeConfig VaeConfig::from_json(const nlohmann::json& j, const std::string& what)
                   fmt::format("{}: field \"{}\" = {} is not divisible by norm_num_groups {}", what, field,
                               c.block_out_channels[i], c.norm_num_groups));
   }
-  if (!(c.scaling_factor > 0.0) || !std::isfinite(c.scaling_factor))
-    throw Error(ErrorKind::kFormat, fmt::format("{}: field \"scaling_factor\" must be positive", what));
+  // Latents are divided by scaling_factor before decoding: SD's are 0.18215 (1.x/2.x) and 0.13025 (SDXL),
+  // so a value outside [1e-4, 1e4] (or not finite) is a broken config, not a model.
+  if (!(c.scaling_factor >= 1e-4 && c.scaling_factor <= 1e4))
+    throw Error(ErrorKind::kFormat,
+                fmt::format("{}: field \"scaling_factor\" = {} must be between 1e-4 and 1e4", what,
+                            c.scaling_factor));
+  if (c.shift_factor && !(std::isfinite(*c.shift_factor) && std::abs(*c.shift_factor) <= 1e4))
+    throw Error(ErrorKind::kFormat,
+                fmt::format("{}: field \"shift_factor\" = {} must be a finite number of at most 1e4 in "
+                            "magnitude",
+                            what, *c.shift_factor));
   return c;
 }
 

@@ -1,5 +1,8 @@
 #include "sdrt/model.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include <fmt/format.h>
 
 #include "engines/model_description.h"
@@ -10,6 +13,7 @@
 #include "loaders/single_file.h"
 #include "pipeline/model_impl.h"
 #include "sdrt/error.h"
+#include "text/unicode.h"
 
 namespace sdrt {
 
@@ -25,6 +29,29 @@ schedulers::PredictionType parse_prediction(const std::string& name) {
   if (name == "v_prediction") return schedulers::PredictionType::kVPrediction;
   throw Error(ErrorKind::kInvalidArgument,
               fmt::format("prediction type \"{}\": expected epsilon or v_prediction", name));
+}
+
+// A folder's VAE config that switches a quant conv off while its weights hold one: diffusers would skip
+// those weights (with its own warning), and so does sdrt, but the model was most likely meant to use them.
+// Single files derive these switches from the tensors, so only configs read from a file can disagree.
+std::vector<std::string> source_warnings(const loaders::ModelSource& source) {
+  std::vector<std::string> warnings;
+  if (!source.vae) return warnings;
+  const auto& config = source.vae->config;
+  std::vector<std::string> off;
+  for (const char* key : {"use_quant_conv", "use_post_quant_conv"}) {
+    const auto it = config.find(key);
+    if (it != config.end() && it->is_boolean() && !it->get<bool>()) off.emplace_back(key);
+  }
+  if (off.empty()) return warnings;
+  const auto weights = source.vae->open_weights();
+  for (const auto& key : off) {
+    const std::string tensor = key == "use_quant_conv" ? "quant_conv.weight" : "post_quant_conv.weight";
+    if (weights.contains(tensor))
+      warnings.push_back(fmt::format("{}: field \"{}\" is false but the weights hold \"{}\" (not used)",
+                                     source.vae->config_label, key, tensor));
+  }
+  return warnings;
 }
 
 }  // namespace
@@ -48,6 +75,8 @@ Model Model::load(const std::filesystem::path& path, const LoadOptions& options)
     if (options.prediction_type)
       impl->scheduler_config->prediction_type = parse_prediction(*options.prediction_type);
   }
+  impl->device = device;
+  impl->warnings = source_warnings(source);
   impl->engine = engines::create_engine(device, description);
   return Model(std::move(impl));
 }
@@ -56,8 +85,27 @@ const std::string& Model::name() const {
   return impl_->name;
 }
 
+void validate_prompt(std::string_view text, std::string_view what) {
+  const size_t at = text::invalid_utf8_offset(text);
+  if (at != std::string_view::npos)
+    throw Error(ErrorKind::kInvalidArgument, fmt::format("{} is not valid UTF-8 (byte 0x{:02x} at offset {})",
+                                                         what, static_cast<unsigned char>(text[at]), at));
+}
+
 std::vector<int32_t> Model::tokenize(std::string_view prompt) const {
+  validate_prompt(prompt);
   return impl_->tokenizer.encode(prompt);
+}
+
+int Model::dropped_tokens(std::string_view prompt) const {
+  validate_prompt(prompt);
+  const size_t words = impl_->tokenizer.encode_words(prompt).size();
+  const size_t window = static_cast<size_t>(std::max(impl_->tokenizer.max_length() - 2, 0));
+  return words > window ? static_cast<int>(words - window) : 0;
+}
+
+const std::vector<std::string>& Model::warnings() const {
+  return impl_->warnings;
 }
 
 PromptEncoding Model::encode_ids(const std::vector<int32_t>& ids) const {
@@ -70,7 +118,13 @@ PromptEncoding Model::encode_prompt_full(std::string_view prompt) const {
 }
 
 Tensor Model::encode_prompt(std::string_view prompt) const {
-  return impl_->engine->encode_text(tokenize(prompt));
+  Tensor out = impl_->engine->encode_text(tokenize(prompt));
+  const float* d = out.data<float>();
+  for (int64_t i = 0; i < out.numel(); ++i)
+    if (!std::isfinite(d[i]))
+      throw Error(ErrorKind::kModel,
+                  fmt::format("text encoder output contains NaN or Inf (value {} at index {})", d[i], i));
+  return out;
 }
 
 namespace {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engines/engine.h"
 #include "models/unet.h"
@@ -26,6 +27,8 @@ struct Model::Impl {
   std::optional<models::UNetConfig> unet_config;
   std::optional<models::VaeConfig> vae_config;
   std::optional<schedulers::SchedulerConfig> scheduler_config;
+  std::vector<std::string> warnings;  // Model::warnings
+  Device device = Device::kHost;
 };
 
 }  // namespace sdrt

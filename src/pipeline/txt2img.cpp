@@ -2,11 +2,16 @@
 //   encode_prompt -> set_timesteps -> prepare_latents (randn · init_noise_sigma) -> for each timestep:
 //   scale_model_input, UNet on [uncond; cond], guidance, scheduler.step (one Engine::sampling_step) ->
 //   latents / scaling_factor -> VAE decode.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "pipeline/model_impl.h"
 #include "sdrt/error.h"
@@ -67,10 +72,12 @@ const std::vector<double>& Sampling::timesteps() const {
 
 namespace {
 
+constexpr int kMaxImageSize = 16384;
+
 void check_size(const char* name, int value, int64_t factor) {
   if (value < 0 || value % factor != 0 || (value == 0 && factor == 0))
     invalid(fmt::format("{} {} must be a positive multiple of {}", name, value, factor));
-  if (value > 16384) invalid(fmt::format("{} {} is larger than 16384", name, value));
+  if (value > kMaxImageSize) invalid(fmt::format("{} {} is larger than {}", name, value, kMaxImageSize));
 }
 
 }  // namespace
@@ -83,7 +90,42 @@ void validate_options(const GenerateOptions& o) {
   if (!std::isfinite(o.cfg_scale)) invalid("cfg_scale must be a finite number");
   if (o.rng != "cpu") invalid(fmt::format("rng \"{}\" is not supported (cpu)", o.rng));
   if (!o.scheduler.empty()) schedulers::parse_scheduler_name(o.scheduler);
+  validate_prompt(o.prompt, "prompt");
+  validate_prompt(o.negative_prompt, "negative prompt");
 }
+
+namespace {
+
+// The memory a run may use on the host: physical memory, lowered by an address-space or data-segment limit.
+double host_memory_bytes() {
+  double bytes =
+      static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  for (const int resource : {RLIMIT_AS, RLIMIT_DATA}) {
+    struct rlimit limit {};
+    if (::getrlimit(resource, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+      bytes = std::min(bytes, static_cast<double>(limit.rlim_cur));
+  }
+  return bytes;
+}
+
+double estimate_activation_bytes(const models::UNetConfig& unet, const models::VaeConfig& vae, int width,
+                                 int height, bool guidance) {
+  // A rough lower bound of the fp32 activations alive at the peak, so that an impossible size fails at once:
+  //   UNet (batch B = 2 with guidance): 8 tensors of C0 × h × w (the block in/out, the skip connections
+  //   held for the up path) plus one attention score matrix (h·w)² per batch item (one head at a time);
+  //   VAE decoder (batch 1): 4 tensors of C0' × H × W at full resolution plus its mid-block attention
+  //   (h·w)²; h = H / 8, w = W / 8 for SD (the VAE's downscale factor); 4 bytes a value.
+  const double f = static_cast<double>(vae.downscale_factor());
+  const double hw = (height / f) * (width / f);
+  const double batch = guidance ? 2.0 : 1.0;
+  const double unet_bytes =
+      4.0 * batch * (8.0 * static_cast<double>(unet.block_out_channels.front()) * hw + hw * hw);
+  const double vae_bytes =
+      4.0 * (4.0 * static_cast<double>(vae.block_out_channels.front()) * height * width + hw * hw);
+  return std::max(unet_bytes, vae_bytes);
+}
+
+}  // namespace
 
 GenerateOptions Model::resolve(const GenerateOptions& options) const {
   const auto& m = require_generation(*impl_);
@@ -91,10 +133,26 @@ GenerateOptions Model::resolve(const GenerateOptions& options) const {
   GenerateOptions o = options;
   const int64_t factor = vae_factor(m);
   const int64_t default_size = m.unet_config->sample_size * factor;
+  if ((o.width == 0 || o.height == 0) && default_size > kMaxImageSize)
+    invalid(
+        fmt::format("the model's default size {} (unet sample_size {} x VAE factor {}) is larger than "
+                    "{}; give --width and --height",
+                    default_size, m.unet_config->sample_size, factor, kMaxImageSize));
   if (o.width == 0) o.width = static_cast<int>(default_size);
   if (o.height == 0) o.height = static_cast<int>(default_size);
   check_size("width", o.width, factor);
   check_size("height", o.height, factor);
+  if (m.device == Device::kHost) {
+    const double need =
+        estimate_activation_bytes(*m.unet_config, *m.vae_config, o.width, o.height, o.cfg_scale > 1.0);
+    const double have = host_memory_bytes();
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    if (need > have)
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("{}x{} needs at least {:.3g} GiB of memory for activations on the CPU "
+                              "(estimated from the latent size and channels) but {:.3g} GiB is available",
+                              o.width, o.height, need / kGiB, have / kGiB));
+  }
   const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
                                         : schedulers::parse_scheduler_name(o.scheduler);
   if (o.karras && (kind == schedulers::SchedulerKind::kPndm || kind == schedulers::SchedulerKind::kDdim))
@@ -200,15 +258,54 @@ Image Model::txt2img(const GenerateOptions& options, const StepCallback& on_step
   return image;
 }
 
+namespace {
+
+// `s` with every line break Python's str.splitlines knows (\n \r \v \f \x1c-\x1e, U+0085, U+2028,
+// U+2029) replaced by a space.
+std::string single_line(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '\n' || c == '\r' || c == '\v' || c == '\f' || (c >= 0x1c && c <= 0x1e)) {
+      out += ' ';
+    } else if (c == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) == 0x85) {
+      out += ' ';
+      i += 1;
+    } else if (c == 0xe2 && i + 2 < s.size() && static_cast<unsigned char>(s[i + 1]) == 0x80 &&
+               (static_cast<unsigned char>(s[i + 2]) == 0xa8 ||
+                static_cast<unsigned char>(s[i + 2]) == 0xa9)) {
+      out += ' ';
+      i += 2;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+// A1111's infotext quote(): a value holding ',', ':' or a line break is written as a JSON string.
+std::string a1111_quote(const std::string& v) {
+  if (v.find_first_of(",:\n\r") == std::string::npos && single_line(v) == v) return v;
+  return nlohmann::json(v).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
 std::string Model::parameters_text(const GenerateOptions& o) const {
   const auto& m = require_generation(*impl_);
   const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
                                         : schedulers::parse_scheduler_name(o.scheduler);
-  std::string text = o.prompt + "\n";
-  if (!o.negative_prompt.empty()) text += "Negative prompt: " + o.negative_prompt + "\n";
+  // The text is line-structured (prompt, "Negative prompt: ...", the settings line last), so the prompts
+  // and the model name cannot be allowed to start a line of their own: line breaks in the prompts become
+  // spaces (the CLIP tokenizer collapses every whitespace run to one space, so the stored prompt still
+  // encodes to the same ids), and the model name is quoted as A1111 quotes a value holding ',', ':' or a
+  // line break (a JSON string, escapes included).
+  std::string text = single_line(o.prompt) + "\n";
+  if (!o.negative_prompt.empty()) text += "Negative prompt: " + single_line(o.negative_prompt) + "\n";
   text += fmt::format("Steps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}", o.steps,
                       schedulers::sampler_display_name(kind, o.karras), o.cfg_scale, o.seed, o.width,
-                      o.height, m.name);
+                      o.height, a1111_quote(m.name));
   return text;
 }
 

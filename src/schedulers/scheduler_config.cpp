@@ -22,6 +22,10 @@ namespace {
 
 using nlohmann::json;
 
+// The largest num_train_timesteps accepted: diffusers' models train with 1000; the schedulers allocate
+// tables of this length, so an absurd value is refused rather than allocated.
+constexpr int kMaxTrainTimesteps = 100000;
+
 // Python's json module writes float('inf') and float('nan') as bare Infinity / -Infinity / NaN (diffusers
 // saves DPMSolverMultistepScheduler's lambda_min_clipped = -inf that way). nlohmann rejects them, so such
 // tokens outside strings are quoted first and read back by opt_number.
@@ -136,8 +140,20 @@ SchedulerConfig SchedulerConfig::from_json_text(const std::string& text, const s
     throw Error(ErrorKind::kFormat,
                 fmt::format("{}: field \"num_train_timesteps\" must be at least 2, not {}", what,
                             c.num_train_timesteps));
+  if (c.num_train_timesteps > kMaxTrainTimesteps)
+    throw Error(ErrorKind::kFormat, fmt::format("{}: field \"num_train_timesteps\" = {} is more than {}",
+                                                what, c.num_train_timesteps, kMaxTrainTimesteps));
   c.beta_start = io::get_number(j, "beta_start", c.beta_start, what);
   c.beta_end = io::get_number(j, "beta_end", c.beta_end, what);
+  // A beta is a per-step noise variance: outside (0, 1) the alphas' cumulative product is zero, negative or
+  // NaN and every image is garbage.
+  for (const auto& [key, value] : {std::pair{"beta_start", c.beta_start}, std::pair{"beta_end", c.beta_end}})
+    if (!(value > 0.0 && value < 1.0))
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("{}: field \"{}\" = {} must be between 0 and 1 (exclusive)", what, key, value));
+  if (c.beta_start > c.beta_end)
+    throw Error(ErrorKind::kFormat, fmt::format("{}: field \"beta_start\" = {} is larger than beta_end = {}",
+                                                what, c.beta_start, c.beta_end));
   c.beta_schedule = io::get_string(j, "beta_schedule", c.beta_schedule, what);
   if (c.beta_schedule == "sigmoid")
     bad_value(what, "beta_schedule", c.beta_schedule, "linear, scaled_linear or squaredcos_cap_v2",
@@ -155,8 +171,21 @@ SchedulerConfig SchedulerConfig::from_json_text(const std::string& text, const s
       if (!b.is_number())
         throw Error(ErrorKind::kFormat,
                     fmt::format("{}: field \"trained_betas\" must hold numbers only", what));
-      c.trained_betas.push_back(b.get<double>());
+      const double beta = b.get<double>();
+      if (!(beta > 0.0 && beta < 1.0))
+        throw Error(ErrorKind::kFormat,
+                    fmt::format("{}: field \"trained_betas\"[{}] = {} must be between 0 and 1 (exclusive)",
+                                what, c.trained_betas.size(), beta));
+      c.trained_betas.push_back(beta);
     }
+    if (c.trained_betas.empty())
+      throw Error(
+          ErrorKind::kFormat,
+          fmt::format("{}: field \"trained_betas\" is an empty list (null means: use beta_schedule)", what));
+    if (c.trained_betas.size() != static_cast<size_t>(c.num_train_timesteps))
+      throw Error(ErrorKind::kFormat,
+                  fmt::format("{}: field \"trained_betas\" has {} values for num_train_timesteps {}", what,
+                              c.trained_betas.size(), c.num_train_timesteps));
   }
   if (auto s = opt_string(j, "prediction_type", what)) c.prediction_type = parse_prediction_type(*s, what);
   if (auto s = opt_string(j, "timestep_spacing", what)) c.timestep_spacing = parse_spacing(*s, what);

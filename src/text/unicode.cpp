@@ -10,6 +10,37 @@
 
 namespace sdrt::text {
 
+size_t invalid_utf8_offset(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b0 = static_cast<unsigned char>(s[i]);
+    if (b0 < 0x80) {
+      ++i;
+      continue;
+    }
+    int len = 0;
+    char32_t min = 0, cp = 0;
+    if ((b0 & 0xe0) == 0xc0) {
+      len = 2, min = 0x80, cp = b0 & 0x1f;
+    } else if ((b0 & 0xf0) == 0xe0) {
+      len = 3, min = 0x800, cp = b0 & 0x0f;
+    } else if ((b0 & 0xf8) == 0xf0) {
+      len = 4, min = 0x10000, cp = b0 & 0x07;
+    } else {
+      return i;
+    }
+    if (i + len > s.size()) return i;
+    for (int k = 1; k < len; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + k]);
+      if ((b & 0xc0) != 0x80) return i;
+      cp = (cp << 6) | (b & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
 namespace {
 
 // Characters that ICU 72 (Unicode 15.0) leaves unassigned but that the `tokenizers` build behind transformers

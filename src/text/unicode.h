@@ -12,6 +12,9 @@ namespace sdrt::text {
 // only matters for callers that pass raw bytes).
 std::u32string utf8_to_u32(std::string_view s);
 void append_utf8(std::string& out, char32_t c);
+// The offset of the first byte that is not part of well-formed UTF-8 (a stray continuation byte, a truncated
+// or overlong sequence, a surrogate, a code point above U+10FFFF), or npos when `s` is all valid.
+size_t invalid_utf8_offset(std::string_view s);
 std::string u32_to_utf8(std::u32string_view s);
 
 // Canonical composition (Unicode NFC).

@@ -8,7 +8,11 @@
 // --model takes a diffusers folder or a single-file SD 1.x / 2.x checkpoint (.safetensors / .ckpt).
 // Without it, txt2img and info use $SDRT_MODEL, else the built-in demo model (the source tree's models/demo).
 //
-// Every failure prints one line "sdrt: error: ..." on stderr and exits non-zero.
+// Every failure prints one line "sdrt: error: ..." on stderr and exits non-zero; that line is all sdrt ever
+// writes to stderr. Stage timings, progress and "wrote ..." go to stdout (tokenize and info print only their
+// result there). SIGINT / SIGTERM / SIGHUP stop the run within one denoising step (or at the next write,
+// whose temporary file is removed) and exit with 128 + the signal number.
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +21,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <new>
 #include <optional>
 #include <random>
 #include <string>
@@ -34,6 +39,29 @@ namespace {
 constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
 
+// SIGINT / SIGTERM / SIGHUP ask the library to stop (async-signal-safe); the run notices it between stages,
+// after each denoising step and in every write, and cleans up on the way out. SIGXFSZ is ignored so that a
+// file size limit makes write() fail with EFBIG (an error line, the temporary file removed) instead of
+// killing the process mid-write.
+extern "C" void on_stop_signal(int signo) {
+  sdrt::request_interrupt(signo);
+}
+
+void install_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (int signo : {SIGINT, SIGTERM, SIGHUP}) sigaction(signo, &sa, nullptr);
+  signal(SIGXFSZ, SIG_IGN);
+}
+
+// Throws kCancelled when a stop signal has arrived (checked between stages).
+void check_interrupt() {
+  if (const int signo = sdrt::interrupt_signal())
+    throw sdrt::Error(sdrt::ErrorKind::kCancelled, fmt::format("interrupted by signal {}", signo));
+}
+
 // Stage timing, printed the way the study this project grew from printed it.
 class StageTimer {
  public:
@@ -41,22 +69,14 @@ class StageTimer {
   ~StageTimer() {
     if (std::uncaught_exceptions() > 0) return;  // a failed stage reports its error instead
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    fmt::print(stderr, "Function {} took {:.4f} seconds to execute\n", name_, s);
+    fmt::print("Function {} took {:.4f} seconds to execute\n", name_, s);
+    std::fflush(stdout);
   }
 
  private:
   std::string name_;
   std::chrono::steady_clock::time_point start_;
 };
-
-// Fails before any work is done when the output cannot be written where asked.
-void check_output_path(const std::filesystem::path& output) {
-  const auto parent = output.has_parent_path() ? output.parent_path() : std::filesystem::path(".");
-  std::error_code ec;
-  if (!std::filesystem::is_directory(parent, ec))
-    throw sdrt::Error(sdrt::ErrorKind::kIo,
-                      fmt::format("{}: output folder {} does not exist", output.string(), parent.string()));
-}
 
 // The model of txt2img / info when --model is not given: $SDRT_MODEL, else the built-in demo model.
 std::string default_model() {
@@ -69,15 +89,25 @@ std::string default_model() {
 }
 
 sdrt::Model load_model(const std::string& path, bool text_encoder_only, sdrt::LoadOptions options = {}) {
-  StageTimer t("load_model");
   options.text_encoder_only = text_encoder_only;
   return sdrt::Model::load(path, options);
 }
 
-// tqdm-style progress on a terminal, one plain line per step otherwise (logs, pipes).
+sdrt::Model timed_load_model(const std::string& path, bool text_encoder_only,
+                             sdrt::LoadOptions options = {}) {
+  sdrt::Model model = [&] {
+    StageTimer t("load_model");
+    return load_model(path, text_encoder_only, std::move(options));
+  }();
+  check_interrupt();
+  return model;
+}
+
+// tqdm-style progress on a terminal, one plain line per step otherwise (logs, pipes), on stdout. Returns
+// false (cancelling the denoising loop after this step) once a stop signal has arrived.
 class ProgressBar {
  public:
-  ProgressBar() : tty_(isatty(STDERR_FILENO) != 0), start_(std::chrono::steady_clock::now()) {}
+  ProgressBar() : tty_(isatty(STDOUT_FILENO) != 0), start_(std::chrono::steady_clock::now()) {}
   bool operator()(int done, int total) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     const double rate = elapsed > 0 ? done / elapsed : 0.0;
@@ -87,13 +117,14 @@ class ProgressBar {
       std::string bar;
       for (int i = 0; i < kWidth; ++i) bar += i < filled ? "\u2588" : " ";
       const double eta = rate > 0 ? (total - done) / rate : 0.0;
-      fmt::print(stderr, "\r{:3d}%|{}| {}/{} [{:.1f}s<{:.1f}s, {:.2f}it/s]", total ? done * 100 / total : 100,
-                 bar, done, total, elapsed, eta, rate);
-      if (done == total) fmt::print(stderr, "\n");
+      fmt::print("\r{:3d}%|{}| {}/{} [{:.1f}s<{:.1f}s, {:.2f}it/s]", total ? done * 100 / total : 100, bar,
+                 done, total, elapsed, eta, rate);
+      if (done == total) fmt::print("\n");
     } else {
-      fmt::print(stderr, "step {}/{} ({:.2f} it/s)\n", done, total, rate);
+      fmt::print("step {}/{} ({:.2f} it/s)\n", done, total, rate);
     }
-    return true;
+    std::fflush(stdout);
+    return sdrt::interrupt_signal() == 0;
   }
 
  private:
@@ -103,33 +134,116 @@ class ProgressBar {
 
 struct Txt2ImgArgs {
   std::string model, output = "output.png", init_noise, device = "cpu", prediction, vae;
-  std::optional<uint64_t> seed;
+  std::optional<std::string> seed;
+  std::optional<int> width, height;  // unset: the model's default (an explicit 0 is an error)
   sdrt::GenerateOptions options;
 };
 
+[[noreturn]] void bad_option(const std::string& message) {
+  throw sdrt::Error(sdrt::ErrorKind::kInvalidArgument, message);
+}
+
+// --seed: -1 means "random" (AUTOMATIC1111's meaning), else a decimal integer from 0 to 2^64 - 1 (what
+// torch.Generator.manual_seed accepts); anything else ("-5", "1e30", "0x10", " 7") is refused, never
+// wrapped. Returns nullopt for a random seed.
+std::optional<uint64_t> parse_seed(const std::string& text) {
+  if (text == "-1") return std::nullopt;
+  const auto refuse = [&] {
+    bad_option(fmt::format("--seed \"{}\": expected -1 (random) or an integer from 0 to 18446744073709551615",
+                           text));
+  };
+  if (text.empty() || text.size() > 20) refuse();
+  uint64_t value = 0;
+  for (const char ch : text) {
+    if (ch < '0' || ch > '9') refuse();
+    const uint64_t digit = static_cast<uint64_t>(ch - '0');
+    if (value > (UINT64_MAX - digit) / 10) refuse();
+    value = value * 10 + digit;
+  }
+  return value;
+}
+
+// One warning line per prompt longer than the text encoder's window (until long prompts are supported).
+void warn_dropped_tokens(const sdrt::Model& model, const std::string& prompt, const char* what,
+                         std::FILE* stream) {
+  if (const int dropped = model.dropped_tokens(prompt); dropped > 0) {
+    fmt::print(stream,
+               "sdrt: warning: the {} is longer than the text encoder's window of {} tokens; its last {} "
+               "token{} were dropped\n",
+               what, model.tokenize("").size(), dropped, dropped == 1 ? "" : "s");
+    std::fflush(stream);
+  }
+}
+
+void print_model_warnings(const sdrt::Model& model) {
+  for (const auto& w : model.warnings()) fmt::print("sdrt: warning: {}\n", w);
+  std::fflush(stdout);
+}
+
+// Text from model files shown on a terminal: control characters (C0, DEL, C1), escape sequences and bytes
+// that are not UTF-8 are written as \xNN (and a backslash as \\), so that nothing a model file holds can
+// move the cursor, recolour the terminal or fake a line of output.
+std::string terminal_safe(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    bool ok = len != 0 && i + len <= s.size();
+    for (size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xc0) == 0x80;
+    // Overlong and out-of-range forms and C1 controls (U+0080..U+009F, encoded C2 80..C2 9F).
+    if (ok && len == 2) ok = c >= 0xc2 && !(c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0);
+    if (ok && len == 3) ok = !(c == 0xe0 && static_cast<unsigned char>(s[i + 1]) < 0xa0);
+    if (ok && len == 4) ok = c <= 0xf4 && !(c == 0xf0 && static_cast<unsigned char>(s[i + 1]) < 0x90);
+    if (len == 1 && (c < 0x20 || c == 0x7f)) ok = false;
+    if (!ok) {
+      out += fmt::format("\\x{:02x}", c);
+      i += 1;
+      continue;
+    }
+    if (c == '\\') out += '\\';
+    out.append(s, i, len);
+    i += len;
+  }
+  return out;
+}
+
 int run_txt2img(Txt2ImgArgs args) {
-  check_output_path(args.output);
+  // Before any work: the output is writable and is none of the files this run reads.
+  sdrt::check_output_path(args.output, {args.model, args.vae, args.init_noise});
   auto& o = args.options;
+  for (const auto& [name, value] : {std::pair{"--width", args.width}, std::pair{"--height", args.height}}) {
+    if (value && *value <= 0)
+      bad_option(fmt::format("{} {} must be a positive multiple of 8 (leave it out for the model's default)",
+                             name, *value));
+  }
+  o.width = args.width.value_or(0);
+  o.height = args.height.value_or(0);
+  const std::optional<uint64_t> seed = args.seed ? parse_seed(*args.seed) : std::nullopt;
   sdrt::validate_options(o);
-  // AUTOMATIC1111 draws a random seed when none is given; it is printed and stored in the PNG.
-  o.seed = args.seed ? *args.seed : std::random_device{}();
+  // AUTOMATIC1111 draws a random seed when none is given (or -1); it is printed and stored in the PNG.
+  o.seed = seed ? *seed : std::random_device{}();
   if (!args.init_noise.empty()) o.init_noise = sdrt::read_npy(args.init_noise);
   sdrt::LoadOptions load;
   if (!args.prediction.empty()) load.prediction_type = args.prediction;
   load.vae = args.vae;
   load.device = args.device == "cuda" ? sdrt::Device::kCuda : sdrt::Device::kHost;
-  const auto model = load_model(args.model, /*text_encoder_only=*/false, load);
+  const auto model = timed_load_model(args.model, /*text_encoder_only=*/false, load);
+  print_model_warnings(model);
   o = model.resolve(o);
+  warn_dropped_tokens(model, o.prompt, "prompt", stdout);
+  if (o.cfg_scale > 1.0) warn_dropped_tokens(model, o.negative_prompt, "negative prompt", stdout);
   sdrt::Tensor context;
   {
     StageTimer t("encode_prompt");
     context = model.encode_prompts(o);
   }
+  check_interrupt();
   std::optional<sdrt::Sampling> sampling;
   {
     StageTimer t("prepare_latents");
     sampling.emplace(model.prepare_latents(o));
   }
+  check_interrupt();
   sdrt::Tensor latents;
   {
     StageTimer t("unet_infer");
@@ -141,29 +255,36 @@ int run_txt2img(Txt2ImgArgs args) {
     StageTimer t("decode_latents");
     image = model.decode_latents(latents);
   }
+  check_interrupt();
   sdrt::write_png(args.output, image, {{"parameters", model.parameters_text(o)}});
-  fmt::print(stderr, "wrote {}x{} image to {} (seed {})\n", image.width, image.height, args.output, o.seed);
+  fmt::print("wrote {}x{} image to {} (seed {})\n", image.width, image.height, args.output, o.seed);
   return 0;
 }
 
 int run_tokenize(const std::string& model_path, const std::string& prompt) {
+  sdrt::validate_prompt(prompt);
   const auto model = load_model(model_path, /*text_encoder_only=*/true);
+  // stdout holds only the ids (a JSON array), so this warning goes to stderr.
+  warn_dropped_tokens(model, prompt, "prompt", stderr);
   const auto ids = model.tokenize(prompt);
   std::cout << nlohmann::json(ids).dump() << std::endl;
   return 0;
 }
 
 int run_encode(const std::string& model_path, const std::string& prompt, const std::string& output) {
-  check_output_path(output);
-  const auto model = load_model(model_path, /*text_encoder_only=*/true);
+  sdrt::check_output_path(output, {model_path});
+  sdrt::validate_prompt(prompt);
+  const auto model = timed_load_model(model_path, /*text_encoder_only=*/true);
+  warn_dropped_tokens(model, prompt, "prompt", stdout);
   sdrt::Tensor embedding;
   {
     StageTimer t("encode_prompt");
     embedding = model.encode_prompt(prompt);
   }
+  check_interrupt();
   sdrt::write_npy(output, embedding);
-  fmt::print(stderr, "wrote {} {} float32 to {}\n", sdrt::shape_to_string(embedding.shape()),
-             "last_hidden_state", output);
+  fmt::print("wrote {} {} float32 to {}\n", sdrt::shape_to_string(embedding.shape()), "last_hidden_state",
+             output);
   return 0;
 }
 
@@ -178,13 +299,15 @@ int run_info(const std::string& model_path, bool as_json) {
       for (const auto& [k, v] : c.details) details[k] = v;
       j["components"][c.name] = {{"class", c.class_name}, {"details", details}};
     }
-    std::cout << j.dump(2) << std::endl;
+    // nlohmann escapes control characters; bytes that are not UTF-8 become U+FFFD.
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     return 0;
   }
-  fmt::print("model: {}\npipeline: {}\n", info.path, info.pipeline_class.empty() ? "?" : info.pipeline_class);
+  fmt::print("model: {}\npipeline: {}\n", terminal_safe(info.path),
+             info.pipeline_class.empty() ? "?" : terminal_safe(info.pipeline_class));
   for (const auto& c : info.components) {
-    fmt::print("  {} ({})\n", c.name, c.class_name);
-    for (const auto& [k, v] : c.details) fmt::print("    {}: {}\n", k, v);
+    fmt::print("  {} ({})\n", terminal_safe(c.name), terminal_safe(c.class_name));
+    for (const auto& [k, v] : c.details) fmt::print("    {}: {}\n", terminal_safe(k), terminal_safe(v));
   }
   return 0;
 }
@@ -193,7 +316,7 @@ int run_convert(const std::string& model_path, const std::string& output, const 
   sdrt::ConvertOptions options;
   if (!prediction.empty()) options.prediction_type = prediction;
   const auto converted = sdrt::convert_checkpoint(model_path, output, options);
-  fmt::print(stderr, "wrote {} ({}, {}) as a diffusers folder to {}\n", model_path, converted.family,
+  fmt::print("wrote {} ({}, {}) as a diffusers folder to {}\n", model_path, converted.family,
              converted.prediction_type, output);
   return 0;
 }
@@ -237,9 +360,9 @@ int main(int argc, char** argv) {
       "--scheduler", gen.options.scheduler,
       "pndm | ddim | euler | euler_a | dpmpp_2m (default: the model's scheduler_config.json)");
   txt2img->add_flag("--karras", gen.options.karras, "Karras sigmas (euler, euler_a, dpmpp_2m)");
-  txt2img->add_option("--width", gen.options.width, "image width, a multiple of 8 (default: the model's)");
-  txt2img->add_option("--height", gen.options.height, "image height, a multiple of 8 (default: the model's)");
-  txt2img->add_option("--seed", gen.seed, "random seed (default: random)");
+  txt2img->add_option("--width", gen.width, "image width, a multiple of 8 (default: the model's)");
+  txt2img->add_option("--height", gen.height, "image height, a multiple of 8 (default: the model's)");
+  txt2img->add_option("--seed", gen.seed, "random seed, 0 to 2^64-1 (default or -1: random)");
   txt2img->add_option("--rng", gen.options.rng, "noise generator: cpu (torch.Generator(\"cpu\"))")
       ->capture_default_str();
   txt2img->add_option("--init-noise", gen.init_noise,
@@ -290,6 +413,7 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
 
+  install_signal_handlers();
   try {
     if (*txt2img && gen.model.empty()) gen.model = default_model();
     if (*info && model.empty()) model = default_model();
@@ -298,12 +422,20 @@ int main(int argc, char** argv) {
     if (*encode) return run_encode(model, prompt, output);
     if (*info) return run_info(model, as_json);
     if (*convert) return run_convert(model, output, prediction);
-  } catch (const sdrt::Error& e) {
-    fmt::print(stderr, "sdrt: error: {}\n", e.what());
-    return kExitError;
+  } catch (const std::bad_alloc&) {
+    // Sizes are checked against an estimate before allocating; this is the backstop.
+    std::fflush(stdout);
+    fmt::print(stderr, "sdrt: error: out of memory (try a smaller --width / --height, or fewer steps)\n");
+    return sdrt::interrupt_signal() != 0 ? 128 + sdrt::interrupt_signal() : kExitError;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "sdrt: error: {}\n", e.what());
-    return kExitError;
+    std::fflush(stdout);
+    std::string message = e.what();
+    const int signo = sdrt::interrupt_signal();
+    if (signo != 0 && message.find("interrupted by") == std::string::npos)
+      message = fmt::format("interrupted by signal {}: {}", signo, message);
+    fmt::print(stderr, "sdrt: error: {}\n", message);
+    // Stopped by a signal: say so in the exit status, as the shell does.
+    return signo != 0 ? 128 + signo : kExitError;
   }
   return kExitUsage;
 }
