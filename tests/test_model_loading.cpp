@@ -98,6 +98,18 @@ TEST(ModelLoading, MalformedTextEncoderConfig) {
   expect_error([&] { Model::load(dir); }, ErrorKind::kFormat, {"text_encoder/config.json", "malformed JSON"});
 }
 
+// A number too large for a double is a JSON error naming the file, for every JSON the loader reads (found by
+// the tokenizer fuzzer: nlohmann throws out_of_range, not parse_error, for "1e309").
+TEST(ModelLoading, NumberTooLargeForADouble) {
+  TempDir tmp;
+  const auto dir = copy_fixture("tiny-sd1", tmp);
+  write_file(dir / "text_encoder" / "config.json", "{\"layer_norm_eps\": 1e309}");
+  expect_error([&] { Model::load(dir); }, ErrorKind::kFormat, {"text_encoder/config.json", "1e309"});
+  const auto dir2 = copy_fixture("tiny-sd2", tmp);
+  write_file(dir2 / "scheduler" / "scheduler_config.json", "{\"beta_end\": 1e309}");
+  expect_error([&] { Model::load(dir2); }, ErrorKind::kFormat, {"scheduler_config.json", "1e309"});
+}
+
 TEST(ModelLoading, ConfigFieldOfWrongType) {
   TempDir tmp;
   const auto dir = copy_fixture("tiny-sd1", tmp);

@@ -125,7 +125,7 @@ SchedulerConfig SchedulerConfig::from_json_text(const std::string& text, const s
   json j;
   try {
     j = json::parse(quote_nonfinite_tokens(text));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // a syntax error, or a number too large for a double ("1e309")
     std::string msg = e.what();
     const auto pos = msg.find("] ");
     if (pos != std::string::npos) msg = msg.substr(pos + 2);
