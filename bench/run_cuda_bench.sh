@@ -56,7 +56,7 @@ main() {
 
   # Optional: the CUDA unit tests first (SDRT_TESTS=path/to/sdrt_tests), against this checkout's fixtures.
   if [ -n "${SDRT_TESTS:-}" ]; then
-    SDRT_FIXTURES_DIR="$PWD/tests/fixtures" step cuda_tests 240 "$SDRT_TESTS" --gtest_filter="${SDRT_TEST_FILTER:-Cuda*}"
+    SDRT_FIXTURES_DIR="$PWD/tests/fixtures" step cuda_tests 240 "$SDRT_TESTS" --gtest_filter="${SDRT_TEST_FILTER:-*Cuda*}"
   fi
 
   [ -d "$MODEL" ] || step make_model 180 python3 bench/make_random_sd15.py "$MODEL" --fp16 --device "$DEVICE"

@@ -395,7 +395,7 @@ std::unique_ptr<Engine> create_cuda_engine(const ModelDescription& model) {
 
 namespace sdrt::engines {
 std::unique_ptr<Engine> create_cuda_engine(const ModelDescription&) {
-  throw Error(ErrorKind::kUnsupported, "CUDA device: this sdrt was built without the CUDA backend");
+  throw Error(ErrorKind::kUnsupported, "CUDA device unsupported: this sdrt was built without the CUDA backend");
 }
 }  // namespace sdrt::engines
 
