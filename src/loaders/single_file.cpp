@@ -63,6 +63,15 @@ class Planner {
     if (!has(name)) missing(name);
     return src_.info(key(name)).shape;
   }
+  // The same for a tensor whose dimensions the plan reads: it must have `rank` of them.
+  Shape shape(const std::string& name, size_t rank) const {
+    Shape s = shape(name);
+    if (s.size() != rank)
+      fail(ErrorKind::kModel, file_,
+           fmt::format("tensor \"{}\" has shape {}, expected {} dimensions", key(name), shape_to_string(s),
+                       rank));
+    return s;
+  }
   [[noreturn]] void missing(const std::string& name) const {
     fail(ErrorKind::kModel, file_,
          fmt::format("missing tensor \"{}\" (needed for the {})", key(name), out_.name));
@@ -145,7 +154,7 @@ MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily
   MappedComponent c{"unet", "UNet2DConditionModel", {}, {}};
   Planner p(src, file, c, UnetKeys{ema});
   const auto k = [](const std::string& key) { return key; };  // the planner maps to the checkpoint's keys
-  const Shape conv_in = p.shape(k("input_blocks.0.0.weight"));
+  const Shape conv_in = p.shape(k("input_blocks.0.0.weight"), 4);
   // input_blocks: conv_in, then per block `layers` (resnet [+ attention]) and a downsampler but the last.
   int first_op = 1;
   while (first_op < 64 && !p.has(k(fmt::format("input_blocks.{}.0.op.weight", first_op)))) ++first_op;
@@ -158,14 +167,14 @@ MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily
   std::vector<int> depth;
   for (int b = 0; b < blocks; ++b) {
     const std::string first = fmt::format("input_blocks.{}", 1 + b * (layers + 1));
-    widths.push_back(p.shape(k(first + ".0.out_layers.3.weight"))[0]);
+    widths.push_back(p.shape(k(first + ".0.out_layers.3.weight"), 4)[0]);
     attn.push_back(p.has(k(first + ".1.proj_in.weight")));
     depth.push_back(attn.back() ? p.count(k(first + ".1.transformer_blocks."), ".norm1.weight") : 0);
   }
   const std::string mid_attn = "middle_block.1";
   const Shape proj_in = p.shape(k(mid_attn + ".proj_in.weight"));
   const bool linear = proj_in.size() == 2;
-  const int64_t context = p.shape(k(mid_attn + ".transformer_blocks.0.attn2.to_k.weight"))[1];
+  const int64_t context = p.shape(k(mid_attn + ".transformer_blocks.0.attn2.to_k.weight"), 2)[1];
   for (int64_t w : widths) heads.push_back(family == SdFamily::kSd1 ? 8 : std::max<int64_t>(1, w / 64));
 
   // Mapping, in diffusers' order.
@@ -231,7 +240,7 @@ MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily
               {"norm_eps", 1e-5},
               {"norm_num_groups", norm_groups(widths)},
               {"only_cross_attention", false},
-              {"out_channels", p.shape(k("out.2.weight"))[0]},
+              {"out_channels", p.shape(k("out.2.weight"), 4)[0]},
               {"sample_size", family == SdFamily::kSd2 && v_pred ? 96 : 64},
               {"transformer_layers_per_block", tdepth},
               {"up_block_types", up_types},
@@ -277,13 +286,13 @@ MappedComponent plan_vae(const WeightStore& src, const fs::path& file, const std
                          int64_t sample_size) {
   MappedComponent c{"vae", "AutoencoderKL", {}, {}};
   Planner p(src, file, c);
-  const Shape conv_in = p.shape(pre + "encoder.conv_in.weight");
+  const Shape conv_in = p.shape(pre + "encoder.conv_in.weight", 4);
   const int blocks = p.count(pre + "encoder.down.", ".block.0.conv1.weight");
   const int layers = p.count(pre + "encoder.down.0.block.", ".conv1.weight");
   if (blocks == 0 || layers == 0) p.missing(pre + "encoder.down.0.block.0.conv1.weight");
   std::vector<int64_t> widths;
   for (int b = 0; b < blocks; ++b)
-    widths.push_back(p.shape(fmt::format("{}encoder.down.{}.block.0.conv2.weight", pre, b))[0]);
+    widths.push_back(p.shape(fmt::format("{}encoder.down.{}.block.0.conv2.weight", pre, b), 4)[0]);
 
   for (const char* coder : {"encoder", "decoder"}) {
     const std::string s = pre + coder, d = coder;
@@ -310,8 +319,8 @@ MappedComponent plan_vae(const WeightStore& src, const fs::path& file, const std
   }
   if (p.has(pre + "quant_conv.weight")) p.add_wb("quant_conv", pre + "quant_conv");
   if (p.has(pre + "post_quant_conv.weight")) p.add_wb("post_quant_conv", pre + "post_quant_conv");
-  const int64_t latent = p.shape(pre + "decoder.conv_in.weight")[1];
-  c.config = vae_config(widths, layers, conv_in[1], p.shape(pre + "decoder.conv_out.weight")[0], latent,
+  const int64_t latent = p.shape(pre + "decoder.conv_in.weight", 4)[1];
+  c.config = vae_config(widths, layers, conv_in[1], p.shape(pre + "decoder.conv_out.weight", 4)[0], latent,
                         sample_size);
   c.config["use_quant_conv"] = c.tensors.count("quant_conv.weight") != 0;
   c.config["use_post_quant_conv"] = c.tensors.count("post_quant_conv.weight") != 0;
@@ -327,9 +336,10 @@ MappedComponent plan_diffusers_vae(const WeightStore& src, const fs::path& file)
   const int layers = p.count("encoder.down_blocks.0.resnets.", ".conv1.weight");
   std::vector<int64_t> widths;
   for (int b = 0; b < blocks; ++b)
-    widths.push_back(p.shape(fmt::format("encoder.down_blocks.{}.resnets.0.conv2.weight", b))[0]);
-  c.config = vae_config(widths, layers, p.shape("encoder.conv_in.weight")[1],
-                        p.shape("decoder.conv_out.weight")[0], p.shape("decoder.conv_in.weight")[1], 512);
+    widths.push_back(p.shape(fmt::format("encoder.down_blocks.{}.resnets.0.conv2.weight", b), 4)[0]);
+  c.config =
+      vae_config(widths, layers, p.shape("encoder.conv_in.weight", 4)[1],
+                 p.shape("decoder.conv_out.weight", 4)[0], p.shape("decoder.conv_in.weight", 4)[1], 512);
   c.config["use_quant_conv"] = p.has("quant_conv.weight");
   c.config["use_post_quant_conv"] = p.has("post_quant_conv.weight");
   return c;
@@ -371,7 +381,7 @@ MappedComponent plan_clip(const WeightStore& src, const fs::path& file) {
   Planner p(src, file, c);
   std::string s = std::string(kClip) + "text_model.";
   if (!p.has(s + "embeddings.token_embedding.weight")) s = kClip;  // very old checkpoints
-  const Shape tok = p.shape(s + "embeddings.token_embedding.weight");
+  const Shape tok = p.shape(s + "embeddings.token_embedding.weight", 2);
   const int layers = p.count(s + "encoder.layers.", ".layer_norm1.weight");
   p.add("text_model.embeddings.token_embedding.weight", s + "embeddings.token_embedding.weight");
   p.add("text_model.embeddings.position_embedding.weight", s + "embeddings.position_embedding.weight");
@@ -379,9 +389,9 @@ MappedComponent plan_clip(const WeightStore& src, const fs::path& file) {
     plan_clip_layer(p, fmt::format("text_model.encoder.layers.{}", l),
                     fmt::format("{}encoder.layers.{}", s, l));
   p.add_wb("text_model.final_layer_norm", s + "final_layer_norm");
-  const int64_t inner = p.shape(s + "encoder.layers.0.mlp.fc1.weight")[0];
+  const int64_t inner = p.shape(s + "encoder.layers.0.mlp.fc1.weight", 2)[0];
   c.config = clip_config(tok[0], tok[1], inner, layers,
-                         p.shape(s + "embeddings.position_embedding.weight")[0], "quick_gelu", tok[1]);
+                         p.shape(s + "embeddings.position_embedding.weight", 2)[0], "quick_gelu", tok[1]);
   return c;
 }
 
@@ -390,7 +400,7 @@ MappedComponent plan_open_clip(const WeightStore& src, const fs::path& file) {
   MappedComponent c{"text_encoder", "CLIPTextModel", {}, {}};
   Planner p(src, file, c);
   const std::string s = kOpenClip;
-  const Shape tok = p.shape(s + "token_embedding.weight");
+  const Shape tok = p.shape(s + "token_embedding.weight", 2);
   const int blocks = p.count(s + "transformer.resblocks.", ".ln_1.weight");
   if (blocks < 2) p.missing(s + "transformer.resblocks.1.ln_1.weight");
   const int layers = blocks - 1;
@@ -411,10 +421,10 @@ MappedComponent plan_open_clip(const WeightStore& src, const fs::path& file) {
     }
   }
   p.add_wb("text_model.final_layer_norm", s + "ln_final");
-  const int64_t inner = p.shape(s + "transformer.resblocks.0.mlp.c_fc.weight")[0];
-  const int64_t projection = p.has(s + "text_projection") ? p.shape(s + "text_projection")[1] : tok[1];
-  c.config =
-      clip_config(tok[0], tok[1], inner, layers, p.shape(s + "positional_embedding")[0], "gelu", projection);
+  const int64_t inner = p.shape(s + "transformer.resblocks.0.mlp.c_fc.weight", 2)[0];
+  const int64_t projection = p.has(s + "text_projection") ? p.shape(s + "text_projection", 2)[1] : tok[1];
+  c.config = clip_config(tok[0], tok[1], inner, layers, p.shape(s + "positional_embedding", 2)[0], "gelu",
+                         projection);
   return c;
 }
 
