@@ -59,7 +59,7 @@ TEST(UNetConfig, ReadsDiffusersHeadConvention) {
 TEST(UNetConfig, RefusesUnsupportedVariants) {
   testing::TempDir tmp;
   auto config = io::read_json_file(fixtures_dir() / "tiny-sd1" / "unet" / "config.json");
-  config["addition_embed_type"] = "text_time";
+  config["addition_embed_type"] = "image";  // SDXL's "text_time" is supported; Kandinsky's are not
   testing::write_file(tmp / "config.json", config.dump());
   try {
     models::UNetConfig::from_json_file(tmp / "config.json");
@@ -68,6 +68,20 @@ TEST(UNetConfig, RefusesUnsupportedVariants) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
     EXPECT_NE(std::string(e.what()).find("addition_embed_type"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
+  }
+}
+
+TEST(UNetConfig, TextTimeEmbeddingNeedsItsWidths) {
+  testing::TempDir tmp;
+  auto config = io::read_json_file(fixtures_dir() / "tiny-sd1" / "unet" / "config.json");
+  config["addition_embed_type"] = "text_time";  // without addition_time_embed_dim
+  testing::write_file(tmp / "config.json", config.dump());
+  try {
+    models::UNetConfig::from_json_file(tmp / "config.json");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+    EXPECT_NE(std::string(e.what()).find("addition_time_embed_dim"), std::string::npos) << e.what();
   }
 }
 

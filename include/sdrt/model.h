@@ -68,6 +68,20 @@ struct GenerateOptions {
   uint64_t seed = 0;
   std::string rng = "cpu";           // "cpu": torch.Generator("cpu").manual_seed(seed) draws
   std::optional<Tensor> init_noise;  // [1, 4, height/8, width/8] float32, instead of the seeded draw
+  // SDXL's size conditioning (diffusers' original_size, crops_coords_top_left, target_size), in pixels;
+  // 0 = the default: the generated size for original and target, (0, 0) for the crop.
+  int original_width = 0, original_height = 0;
+  int crop_left = 0, crop_top = 0;
+  int target_width = 0, target_height = 0;
+  // The SDXL refiner's aesthetic-score conditioning (diffusers' defaults).
+  double aesthetic_score = 6.0, negative_aesthetic_score = 2.5;
+};
+
+// What the UNet is conditioned on; rows are (negative prompt, prompt) with guidance, else (prompt).
+struct Conditioning {
+  Tensor context;      // [B, S, D]: the text encoders' hidden states (SDXL: both encoders side by side)
+  Tensor text_embeds;  // SDXL: [B, P] pooled, projected text embeddings; empty for SD 1.x / 2.x
+  Tensor time_ids;     // SDXL: [B, 6] (original h, w, crop top, left, target h, w) or the refiner's [B, 5]
 };
 
 struct Image {
@@ -145,8 +159,13 @@ class Model {
   GenerateOptions resolve(const GenerateOptions& options) const;
   // [2, 77, D] = (negative prompt, prompt) when guidance is on, else [1, 77, D].
   Tensor encode_prompts(const GenerateOptions& options) const;
+  // The whole conditioning: the context and, for SDXL, the pooled text embeddings and time ids (an empty
+  // negative prompt is zeros where the model's force_zeros_for_empty_prompt says so).
+  Conditioning encode_conditioning(const GenerateOptions& options) const;
   Sampling prepare_latents(const GenerateOptions& options) const;
-  // Runs the UNet loop; returns the final latents [1, 4, h, w].
+  // Runs the UNet loop; returns the final latents [1, 4, h, w]. The Tensor form is SD 1.x / 2.x's context only.
+  Tensor denoise(Sampling& sampling, const Conditioning& conditioning, double cfg_scale,
+                 const StepCallback& on_step = nullptr) const;
   Tensor denoise(Sampling& sampling, const Tensor& context, double cfg_scale,
                  const StepCallback& on_step = nullptr) const;
   // latents -> 8-bit RGB through the VAE decoder (diffusers' postprocess).

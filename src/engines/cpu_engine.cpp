@@ -20,7 +20,12 @@ namespace {
 
 class CpuEngine final : public Engine {
  public:
-  explicit CpuEngine(const ModelDescription& d) : text_(load_text_encoder(d)) {
+  explicit CpuEngine(const ModelDescription& d) {
+    for (const auto& te : d.text_encoders) {
+      const auto weights = te.source.open_weights();
+      text_.push_back(models::cpu::ClipTextModel::load(
+          te.model, {weights, te.source.config_label, models::clip_text_key_prefix(weights)}));
+    }
     if (d.unet) {
       const auto unet_weights = d.unet_source->open_weights();
       unet_.emplace(models::cpu::UNet::load(*d.unet, {unet_weights, d.unet_source->config_label}));
@@ -31,14 +36,25 @@ class CpuEngine final : public Engine {
 
   std::string device_name() const override { return fmt::format("CPU ({} threads)", omp_get_max_threads()); }
 
-  Tensor encode_text(std::span<const int32_t> ids) override { return text_.forward(ids).last_hidden_state; }
+  Tensor encode_text(std::span<const int32_t> ids) override { return text_.at(0).forward(ids).last_hidden_state; }
 
-  TextEncoding encode_text_full(std::span<const int32_t> ids) override {
-    auto out = text_.forward(ids, /*keep_hidden_states=*/true);
-    return {std::move(out.last_hidden_state), std::move(out.hidden_states), std::move(out.pooler_output)};
+  TextEncoding encode_text_full(std::span<const int32_t> ids, const TextRequest& request) override {
+    if (request.encoder >= text_.size())
+      throw Error(ErrorKind::kInternal, fmt::format("CpuEngine: no text encoder {}", request.encoder));
+    auto out = text_[request.encoder].forward(ids, /*keep_hidden_states=*/true);
+    TextEncoding e;
+    e.last_hidden_state = std::move(out.last_hidden_state);
+    e.penultimate_hidden_state = out.hidden_states.at(out.hidden_states.size() - 2);
+    if (request.all_hidden_states) e.hidden_states = std::move(out.hidden_states);
+    e.pooler_output = std::move(out.pooler_output);
+    e.text_embeds = std::move(out.text_embeds);
+    return e;
   }
 
-  void set_context(const Tensor& context) override { context_ = context.to(DType::kF32); }
+  void set_context(const Tensor& context, const Tensor& add_embeds) override {
+    context_ = context.to(DType::kF32);
+    add_embeds_ = add_embeds.empty() ? Tensor() : add_embeds.to(DType::kF32);
+  }
 
   void begin_sampling(const Tensor& latents, const schedulers::Scheduler&) override {
     require_unet();
@@ -58,7 +74,7 @@ class CpuEngine final : public Engine {
       std::memcpy(input.data<float>(), scaled.data<float>(), scaled.nbytes());
       std::memcpy(input.data<float>() + scaled.numel(), scaled.data<float>(), scaled.nbytes());
     }
-    const Tensor out = unet_->forward(input, scheduler.timesteps().at(i), context_);
+    const Tensor out = unet_->forward(input, scheduler.timesteps().at(i), context_, add_embeds_);
     Tensor noise_pred = out;
     if (guidance) {  // uncond + g · (cond - uncond)
       noise_pred = Tensor(scaled.shape(), DType::kF32);
@@ -82,20 +98,14 @@ class CpuEngine final : public Engine {
   }
 
  private:
-  static models::cpu::ClipTextModel load_text_encoder(const ModelDescription& d) {
-    const auto weights = d.text_encoder_source.open_weights();
-    return models::cpu::ClipTextModel::load(
-        d.text_encoder, {weights, d.text_encoder_source.config_label, models::clip_text_key_prefix(weights)});
-  }
-
   void require_unet() const {
     if (!unet_) throw Error(ErrorKind::kInternal, "model was loaded for text encoding only");
   }
 
-  models::cpu::ClipTextModel text_;
+  std::vector<models::cpu::ClipTextModel> text_;
   std::optional<models::cpu::UNet> unet_;
   std::optional<models::cpu::AutoencoderKL> vae_;
-  Tensor context_, latents_;
+  Tensor context_, add_embeds_, latents_;
 };
 
 }  // namespace

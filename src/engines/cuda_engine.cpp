@@ -57,12 +57,14 @@ class CudaEngine final : public Engine, public Diagnostics {
         unet_s_(uploaded_lap()),
         vae_(load_vae(ctx_, d)),
         vae_s_(uploaded_lap()) {
-    // The GPU runs the text encoder's layers; the host keeps the embedding tables (a lookup per prompt).
-    const auto weights = d.text_encoder_source.open_weights();
-    const models::WeightSource w{weights, d.text_encoder_source.config_label,
-                                 models::clip_text_key_prefix(weights)};
-    text_.emplace(models::cuda::ClipTextModel::load(ctx_, d.text_encoder, w));
-    embeddings_.emplace(models::cpu::ClipTextModel::load(d.text_encoder, w, /*embeddings_only=*/true));
+    // The GPU runs the text encoders' layers; the host keeps the embedding tables (a lookup per prompt) and
+    // the pooled projection (one row).
+    for (const auto& te : d.text_encoders) {
+      const auto weights = te.source.open_weights();
+      const models::WeightSource w{weights, te.source.config_label, models::clip_text_key_prefix(weights)};
+      text_.push_back(models::cuda::ClipTextModel::load(ctx_, te.model, w));
+      embeddings_.push_back(models::cpu::ClipTextModel::load(te.model, w, /*embeddings_only=*/true));
+    }
     ctx_.finish_uploads();  // the pinned staging ring is only needed while loading
     text_s_ = lap();
   }
@@ -74,33 +76,57 @@ class CudaEngine final : public Engine, public Diagnostics {
   }
 
   Tensor encode_text(std::span<const int32_t> ids) override {
-    return encode_embeddings(embeddings_->embed(ids));
+    return encode_embeddings(embeddings_.at(0).embed(ids));
   }
 
-  TextEncoding encode_text_full(std::span<const int32_t>) override {
-    throw Error(
-        ErrorKind::kUnsupported,
-        "the CUDA engine keeps only the text encoder's last hidden state: hidden states and the pooled "
-        "output need the CPU engine");
+  TextEncoding encode_text_full(std::span<const int32_t> ids, const TextRequest& request) override {
+    if (request.all_hidden_states)
+      throw Error(ErrorKind::kUnsupported,
+                  "the CUDA engine keeps only the text encoder's last two hidden states: every hidden state "
+                  "needs the CPU engine");
+    if (request.encoder >= text_.size())
+      throw Error(ErrorKind::kInternal, fmt::format("CudaEngine: no text encoder {}", request.encoder));
+    const auto& host = embeddings_[request.encoder];
+    TextEncoding e;
+    e.last_hidden_state = run_text_encoder(request.encoder, host.embed(ids), &e.penultimate_hidden_state);
+    e.pooler_output = host.pool(e.last_hidden_state, ids);
+    if (auto projected = host.project(e.pooler_output)) e.text_embeds = std::move(*projected);
+    return e;
   }
 
-  Tensor encode_embeddings(const Tensor& embeddings) override {
+  Tensor encode_embeddings(const Tensor& embeddings) override { return run_text_encoder(0, embeddings, nullptr); }
+
+  // Input embeddings [B, S, D] -> last_hidden_state [B, S, D] float32 (and hidden_states[-2] when asked).
+  Tensor run_text_encoder(size_t encoder, const Tensor& embeddings, Tensor* penultimate) {
     const int64_t B = embeddings.dim(0), S = embeddings.dim(1), D = embeddings.dim(2);
     stage_f32(embeddings);
     Act x(pool_, B, S, 1, D);
     cuda::launch_f32_to_f16(staging_.as<float>(), x.data(), x.numel(), ctx_.stream());
-    const Act y = text_->forward(ctx_, pool_, x);
-    DeviceBuffer& out = result_buffer(static_cast<size_t>(y.numel()) * sizeof(float));
-    cuda::launch_f16_to_f32(y.data(), out.as<float>(), y.numel(), ctx_.stream());
-    Tensor result({B, S, D}, DType::kF32);
+    Act before_last;
+    const Act y = text_.at(encoder).forward(ctx_, pool_, x, penultimate ? &before_last : nullptr);
+    if (penultimate) *penultimate = download_f32(before_last, {B, S, D});
+    return download_f32(y, {B, S, D});
+  }
+
+  Tensor download_f32(const Act& a, const Shape& shape) {
+    DeviceBuffer& out = result_buffer(static_cast<size_t>(a.numel()) * sizeof(float));
+    cuda::launch_f16_to_f32(a.data(), out.as<float>(), a.numel(), ctx_.stream());
+    Tensor result(shape, DType::kF32);
     cuda::download(ctx_, result.raw_data(), out.data(), result.nbytes());
     return result;
   }
 
   std::string device_name() const override { return cuda::device_description(); }
 
-  void set_context(const Tensor& context) override {
+  void set_context(const Tensor& context, const Tensor& add_embeds) override {
     const Tensor c = context.to(DType::kF32);
+    const bool text_time = unet_.config().text_time_embedding;
+    if (text_time != !add_embeds.empty() ||
+        (text_time && (add_embeds.rank() != 2 || add_embeds.dim(0) != c.dim(0) ||
+                       add_embeds.dim(1) != unet_.config().projection_class_embeddings_input_dim)))
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("CudaEngine: add_embeds {} do not fit the unet", shape_to_string(add_embeds.shape())));
+    add_embeds_host_ = add_embeds.empty() ? Tensor() : add_embeds.to(DType::kF32);
     const int64_t B = c.dim(0), S = c.dim(1), D = c.dim(2);
     if (D != unet_.config().cross_attention_dim)
       throw Error(ErrorKind::kInvalidArgument, fmt::format("context width {} does not match the unet's {}", D,
@@ -113,8 +139,17 @@ class CudaEngine final : public Engine, public Diagnostics {
     } else if (graph_) {  // same shapes: keep the captured step, refresh its context
       stage_f32(context_host_);
       cuda::launch_f32_to_f16(staging_.as<float>(), graph_->context().data(), c.numel(), ctx_.stream());
+      upload_add_embeds();
       graph_->context_changed();
     }
+  }
+
+  // SDXL's add_embeds into the graph's input, in fp16.
+  void upload_add_embeds() {
+    if (add_embeds_host_.empty()) return;
+    stage_f32(add_embeds_host_);
+    cuda::launch_f32_to_f16(staging_.as<float>(), graph_->add_embeds().data(), add_embeds_host_.numel(),
+                            ctx_.stream());
   }
 
   void begin_sampling(const Tensor& latents, const schedulers::Scheduler& scheduler) override {
@@ -189,8 +224,9 @@ class CudaEngine final : public Engine, public Diagnostics {
     return result;
   }
 
-  Tensor unet_forward(const Tensor& sample, double timestep, const Tensor& context) override {
-    set_context(context);
+  Tensor unet_forward(const Tensor& sample, double timestep, const Tensor& context,
+                      const Tensor& add_embeds) override {
+    set_context(context, add_embeds);
     const int64_t B = sample.dim(0), C = sample.dim(1), h = sample.dim(2), w = sample.dim(3), HW = h * w;
     if (B != context_shape_[0]) throw Error(ErrorKind::kInvalidArgument, "unet_forward: batch mismatch");
     auto& graph = graph_for(B, h, w, /*use_graph=*/false);
@@ -294,6 +330,7 @@ class CudaEngine final : public Engine, public Diagnostics {
       const int64_t n = context_host_.numel();
       if (B != context_shape_[0]) throw Error(ErrorKind::kInternal, "CudaEngine: context batch mismatch");
       cuda::launch_f32_to_f16(staging_.as<float>(), graph_->context().data(), n, ctx_.stream());
+      upload_add_embeds();
       graph_->context_changed();
     }
     return *graph_;
@@ -370,10 +407,10 @@ class CudaEngine final : public Engine, public Diagnostics {
   double unet_s_ = 0;
   models::cuda::VaeDecoder vae_;
   double vae_s_ = 0, text_s_ = 0;
-  std::optional<models::cuda::ClipTextModel> text_;
-  std::optional<models::cpu::ClipTextModel> embeddings_;  // the embedding tables, on the host
+  std::vector<models::cuda::ClipTextModel> text_;
+  std::vector<models::cpu::ClipTextModel> embeddings_;  // embedding tables and projections, on the host
   std::vector<int64_t> context_shape_;
-  Tensor context_host_;
+  Tensor context_host_, add_embeds_host_;
   std::optional<models::cuda::UNetGraph> graph_;
   std::vector<int64_t> graph_key_;
   DeviceBuffer staging_, result_;

@@ -14,8 +14,10 @@ class Diagnostics {
  public:
   virtual ~Diagnostics() = default;
 
-  // The raw UNet on a batch: sample [B, C, h, w] fp32, context [B, S, D] -> [B, C, h, w] fp32 (parity).
-  virtual Tensor unet_forward(const Tensor& sample, double timestep, const Tensor& context) = 0;
+  // The raw UNet on a batch: sample [B, C, h, w] fp32, context [B, S, D] (and SDXL's add_embeds [B, P]) ->
+  // [B, C, h, w] fp32 (parity).
+  virtual Tensor unet_forward(const Tensor& sample, double timestep, const Tensor& context,
+                              const Tensor& add_embeds = {}) = 0;
   // The text encoder's layers on input embeddings [B, S, D] -> last_hidden_state [B, S, D] fp32.
   virtual Tensor encode_embeddings(const Tensor& embeddings) = 0;
   // Median milliseconds of one UNet step (graph replay) over `iterations`, after warm-up, with the context of

@@ -28,8 +28,15 @@ class Diagnostics;
 
 struct TextEncoding {
   Tensor last_hidden_state;           // [1, S, D]
-  std::vector<Tensor> hidden_states;  // embeddings, then every layer's output [1, S, D]
+  Tensor penultimate_hidden_state;    // [1, S, D]: hidden_states[-2], the input of the last layer (SDXL)
+  std::vector<Tensor> hidden_states;  // embeddings, then every layer's output [1, S, D] (when asked)
   Tensor pooler_output;               // [1, D] at the end-of-text token
+  Tensor text_embeds;                 // [1, P]: text_projection(pooler_output), with a projection only
+};
+
+struct TextRequest {
+  size_t encoder = 0;              // index into ModelDescription::text_encoders
+  bool all_hidden_states = false;  // fill TextEncoding::hidden_states (the CPU engine only)
 };
 
 class Engine {
@@ -40,15 +47,17 @@ class Engine {
   virtual std::string device_name() const = 0;
 
   // ---- text encoder
-  // Token ids [S] -> last_hidden_state [1, S, D] float32. Throws naming the token when an id is outside the
-  // vocabulary.
+  // Token ids [S] -> the first text encoder's last_hidden_state [1, S, D] float32. Throws naming the token
+  // when an id is outside the vocabulary.
   virtual Tensor encode_text(std::span<const int32_t> ids) = 0;
-  // The same with every hidden state and the pooled output; kUnsupported where the engine does not keep them.
-  virtual TextEncoding encode_text_full(std::span<const int32_t> ids) = 0;
+  // One text encoder's outputs: last and penultimate hidden states, pooled output and text_embeds (all
+  // float32); every hidden state when asked (kUnsupported where the engine does not keep them).
+  virtual TextEncoding encode_text_full(std::span<const int32_t> ids, const TextRequest& request = {}) = 0;
 
   // ---- the denoising loop
-  // The prompt embeddings for the following steps: context [B, S, D] (B = 2: unconditional first).
-  virtual void set_context(const Tensor& context) = 0;
+  // The prompt embeddings for the following steps: context [B, S, D] (B = 2: unconditional first), and for
+  // SDXL the UNet's add_embeds [B, P] (models::text_time_add_embeds; empty for SD 1.x / 2.x).
+  virtual void set_context(const Tensor& context, const Tensor& add_embeds = {}) = 0;
   // The initial latents [1, C, h, w] of a loop of `scheduler` (after its set_timesteps).
   virtual void begin_sampling(const Tensor& latents, const schedulers::Scheduler& scheduler) = 0;
   // Step `step_index`: the UNet on the scaled latents with the context, guidance with `cfg_scale` when the

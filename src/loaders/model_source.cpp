@@ -32,19 +32,35 @@ ComponentSource file_component(const std::shared_ptr<const SingleFile>& file,
           [file, &component] { return file->store(component); }};
 }
 
+PipelineConfig folder_pipeline_config(const fs::path& root, const io::DiffusersFolder& folder) {
+  PipelineConfig p;
+  p.class_name = folder.pipeline_class();
+  const fs::path index_path = root / "model_index.json";
+  const auto index = io::read_json_file(index_path);
+  p.force_zeros_for_empty_prompt =
+      io::get_bool(index, "force_zeros_for_empty_prompt", false, index_path.string());
+  p.requires_aesthetics_score = io::get_bool(index, "requires_aesthetics_score", false, index_path.string());
+  return p;
+}
+
 ModelSource resolve_folder(const fs::path& path, const SourceOptions& options) {
   const auto folder = io::DiffusersFolder::open(path);
-  auto tokenizer = text::ClipTokenizer::from_folder(folder.component_dir("tokenizer"));
   std::string name = fs::absolute(path).filename().string();
   if (name.empty()) name = fs::absolute(path).parent_path().filename().string();  // "dir/"
-  ModelSource source{path,
-                     name,
-                     std::move(tokenizer),
-                     folder_component(folder, "text_encoder", "model", options.prefer_fp16),
-                     {},
-                     {},
-                     {},
-                     {}};
+  ModelSource source{path, name, folder_pipeline_config(path, folder), {}, {}, {}, {}, {}};
+  // SDXL lists text_encoder_2 / tokenizer_2 (the refiner only those); each encoder has its own tokenizer.
+  for (const auto& [encoder, tokenizer] : {std::pair<std::string, std::string>{"text_encoder", "tokenizer"},
+                                           {"text_encoder_2", "tokenizer_2"}}) {
+    if (!folder.find(encoder)) continue;
+    if (!folder.find(tokenizer))
+      throw Error(ErrorKind::kModel, fmt::format("{}: model_index.json lists {} but no {}", path.string(),
+                                                 encoder, tokenizer));
+    source.text_encoders.push_back({text::ClipTokenizer::from_folder(folder.component_dir(tokenizer)),
+                                    folder_component(folder, encoder, "model", options.prefer_fp16)});
+  }
+  if (source.text_encoders.empty())
+    throw Error(ErrorKind::kModel,
+                fmt::format("{}: model_index.json lists no text_encoder or text_encoder_2", path.string()));
   if (options.text_encoder_only) return source;
   source.unet = folder_component(folder, "unet", "diffusion_pytorch_model", options.prefer_fp16);
   source.vae = folder_component(folder, "vae", "diffusion_pytorch_model", options.prefer_fp16);
@@ -57,14 +73,9 @@ ModelSource resolve_folder(const fs::path& path, const SourceOptions& options) {
 ModelSource resolve_single_file(const fs::path& path, const SourceOptions& options) {
   const auto file = std::make_shared<const SingleFile>(SingleFile::open(
       path, {.prediction_type = options.prediction_type, .text_encoder_only = options.text_encoder_only}));
-  ModelSource source{path,
-                     path.stem().string(),
-                     text::ClipTokenizer::builtin(file->tokenizer_config()),
-                     file_component(file, *file->text_encoder()),
-                     {},
-                     {},
-                     {},
-                     {}};
+  ModelSource source{path, path.stem().string(), {}, {}, {}, {}, {}, {}};
+  source.text_encoders.push_back(
+      {text::ClipTokenizer::builtin(file->tokenizer_config()), file_component(file, *file->text_encoder())});
   if (options.text_encoder_only) return source;
   source.unet = file_component(file, *file->unet());
   source.vae = file_component(file, *file->vae());

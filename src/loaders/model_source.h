@@ -25,12 +25,27 @@ struct ComponentSource {
   std::function<io::WeightStore()> open_weights;
 };
 
+// One text encoder and the tokenizer that feeds it.
+struct TextEncoderSource {
+  text::ClipTokenizer tokenizer;
+  ComponentSource encoder;  // "text_encoder" or "text_encoder_2"
+};
+
+// What model_index.json says about the pipeline beyond its components (a single file implies the same).
+struct PipelineConfig {
+  std::string class_name = "StableDiffusionPipeline";  // or StableDiffusionXL[Img2Img]Pipeline
+  bool force_zeros_for_empty_prompt = false;  // SDXL base: an empty negative prompt conditions on zeros
+  bool requires_aesthetics_score = false;     // SDXL refiner: 5 time ids (sizes, crop, aesthetic score)
+};
+
 struct ModelSource {
   std::filesystem::path path;
   std::string name;  // the folder's or file's name, for metadata
-  text::ClipTokenizer tokenizer;
-  ComponentSource text_encoder;
-  std::optional<ComponentSource> unet, vae;     // absent when only the text encoder was asked for
+  PipelineConfig pipeline;
+  // In the pipeline's order: SD 1.x / 2.x text_encoder; SDXL text_encoder, text_encoder_2; the SDXL
+  // refiner text_encoder_2 alone. Their outputs are concatenated along the feature axis.
+  std::vector<TextEncoderSource> text_encoders;
+  std::optional<ComponentSource> unet, vae;     // absent when only the text encoders were asked for
   std::optional<std::string> scheduler_config;  // scheduler_config.json's text (diffusers may write Infinity)
   std::string scheduler_label;
 };

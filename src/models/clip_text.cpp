@@ -28,6 +28,10 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& j, const std::str
   c.layer_norm_eps = static_cast<float>(io::get_number(t, "layer_norm_eps", c.layer_norm_eps, what));
   c.eos_token_id = io::get_int(t, "eos_token_id", c.eos_token_id, what);
   c.hidden_act_name = io::get_string(t, "hidden_act", c.hidden_act_name, what);
+  if (const auto it = j.find("architectures"); it != j.end() && it->is_array())
+    for (const auto& a : *it)
+      if (a.is_string() && a.get<std::string>() == "CLIPTextModelWithProjection") c.with_projection = true;
+  if (c.with_projection) c.projection_dim = io::get_int(t, "projection_dim", 512, what);
   if (c.hidden_act_name == "quick_gelu") {
     c.hidden_act = Activation::kQuickGelu;
   } else if (c.hidden_act_name == "gelu") {
@@ -50,6 +54,7 @@ ClipTextConfig ClipTextConfig::from_json(const nlohmann::json& j, const std::str
   positive(c.num_hidden_layers, "num_hidden_layers");
   positive(c.num_attention_heads, "num_attention_heads");
   positive(c.max_position_embeddings, "max_position_embeddings");
+  if (c.with_projection) positive(c.projection_dim, "projection_dim");
   if (!(c.layer_norm_eps > 0.0f && std::isfinite(c.layer_norm_eps)))
     throw Error(ErrorKind::kFormat, fmt::format("{}: field \"layer_norm_eps\" = {} must be a positive number",
                                                 what, c.layer_norm_eps));
@@ -89,6 +94,7 @@ ClipTextDescription describe_clip_text(const ClipTextConfig& config) {
                         {p + "mlp.fc2", I, D}});
   }
   d.final_layer_norm = {"final_layer_norm", D, eps};
+  if (config.with_projection) d.text_projection = LinearSpec{"text_projection", D, config.projection_dim, false};
   return d;
 }
 
@@ -102,6 +108,7 @@ std::vector<WeightSpec> ClipTextDescription::weights() const {
     append_weights(w, l.fc2);
   }
   append_weights(w, final_layer_norm);
+  if (text_projection) append_weights(w, *text_projection);
   return w;
 }
 

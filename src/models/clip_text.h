@@ -5,12 +5,15 @@
 //   per layer: x += out_proj(causal_attention(layer_norm1(x)))  (H heads of D/H)
 //              x += fc2(act(fc1(layer_norm2(x))))               (D -> I -> D)
 //   last_hidden_state = final_layer_norm(x)
+//   pooler_output = last_hidden_state[eos]                       [D]
+//   text_embeds = text_projection(pooler_output)                 [P]   (CLIPTextModelWithProjection)
 // The architecture comes from text_encoder/config.json; weights are keyed by the checkpoint's own names, with
 // or without transformers 4's "text_model." prefix.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 #include <string>
@@ -36,6 +39,10 @@ struct ClipTextConfig {
   std::string hidden_act_name = "quick_gelu";
   float layer_norm_eps = 1e-5f;
   int64_t eos_token_id = 49407;
+  // CLIPTextModelWithProjection (SDXL's second encoder): text_embeds = text_projection(pooled output),
+  // projection_dim wide. Read from "architectures"; every CLIP text config carries a projection_dim.
+  bool with_projection = false;
+  int64_t projection_dim = 0;
 
   // Parses a CLIPTextModel config.json; throws naming `path` and the field at fault.
   static ClipTextConfig from_json_file(const std::filesystem::path& path);
@@ -65,6 +72,9 @@ struct ClipTextDescription {
   WeightSpec position_embedding;      // [max_positions, D]
   std::vector<ClipLayerSpec> layers;  // num_hidden_layers
   LayerNormSpec final_layer_norm;     // [D]
+  // D -> projection_dim, no bias (CLIPTextModelWithProjection). Its key sits beside "text_model.", not
+  // under it: load it with an empty key prefix.
+  std::optional<LinearSpec> text_projection;
   std::vector<WeightSpec> weights() const;
 };
 

@@ -120,6 +120,11 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j, const std::string& wha
   c.upcast_attention = io::get_bool(j, "upcast_attention", c.upcast_attention, what);
   c.downsample_padding = io::get_int(j, "downsample_padding", c.downsample_padding, what);
   c.mid_block_scale_factor = io::get_number(j, "mid_block_scale_factor", c.mid_block_scale_factor, what);
+  if (const auto it = j.find("addition_embed_type"); it != j.end() && *it == "text_time") {
+    c.text_time_embedding = true;
+    c.addition_time_embed_dim = io::get_int(j, "addition_time_embed_dim", 0, what);
+    c.projection_class_embeddings_input_dim = io::get_int(j, "projection_class_embeddings_input_dim", 0, what);
+  }
 
   for (size_t i = 0; i < blocks; ++i) {
     const int64_t heads = c.num_attention_heads[i];
@@ -148,6 +153,13 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j, const std::string& wha
   in_range(c.cross_attention_dim, 1, 1 << 14, "cross_attention_dim");
   in_range(c.norm_num_groups, 1, 1024, "norm_num_groups");
   in_range(c.downsample_padding, 0, 16, "downsample_padding");
+  if (c.text_time_embedding) {  // SDXL: 256 per time id, 2816 = 1280 + 6 · 256
+    in_range(c.addition_time_embed_dim, 2, 1 << 12, "addition_time_embed_dim");
+    if (c.addition_time_embed_dim % 2 != 0)
+      throw Error(ErrorKind::kFormat, fmt::format("{}: field \"addition_time_embed_dim\" = {} must be even",
+                                                  what, c.addition_time_embed_dim));
+    in_range(c.projection_class_embeddings_input_dim, 1, 1 << 16, "projection_class_embeddings_input_dim");
+  }
   for (const auto& [field, v] :
        {std::pair{"norm_eps", static_cast<double>(c.norm_eps)}, std::pair{"freq_shift", c.freq_shift},
         std::pair{"mid_block_scale_factor", c.mid_block_scale_factor}})
@@ -167,7 +179,7 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j, const std::string& wha
   require_default(j, "only_cross_attention", false, what);
   require_default(j, "dual_cross_attention", false, what);
   require_default(j, "class_embed_type", nullptr, what);
-  require_default(j, "addition_embed_type", nullptr, what);
+  if (!c.text_time_embedding) require_default(j, "addition_embed_type", nullptr, what);
   require_default(j, "encoder_hid_dim", nullptr, what);
   require_default(j, "time_cond_proj_dim", nullptr, what);
   require_default(j, "resnet_out_scale_factor", 1.0, what);
@@ -189,6 +201,33 @@ std::vector<float> timestep_embedding(double timestep, int64_t dim, bool flip_si
     emb[static_cast<size_t>(half + i)] = flip_sin_to_cos ? s : c;
   }
   return emb;
+}
+
+Tensor text_time_add_embeds(const UNetConfig& c, const Tensor& text_embeds, const Tensor& time_ids) {
+  if (!c.text_time_embedding)
+    throw Error(ErrorKind::kInternal, "text_time_add_embeds: the UNet has no text_time embedding");
+  if (text_embeds.rank() != 2 || time_ids.rank() != 2 || text_embeds.dim(0) != time_ids.dim(0))
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("SDXL conditioning: text_embeds {} and time ids {} must be [B, P] and [B, n]",
+                            shape_to_string(text_embeds.shape()), shape_to_string(time_ids.shape())));
+  const int64_t B = text_embeds.dim(0), P = text_embeds.dim(1), n = time_ids.dim(1);
+  const int64_t T = c.addition_time_embed_dim, width = P + n * T;
+  if (width != c.projection_class_embeddings_input_dim)
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("SDXL conditioning: {} pooled text features + {} time ids x {} = {}, but the unet's "
+                            "add_embedding takes projection_class_embeddings_input_dim = {}",
+                            P, n, T, width, c.projection_class_embeddings_input_dim));
+  const Tensor te = text_embeds.to(DType::kF32), ids = time_ids.to(DType::kF32);
+  Tensor out({B, width}, DType::kF32);
+  for (int64_t b = 0; b < B; ++b) {
+    float* row = out.data<float>() + b * width;
+    std::memcpy(row, te.data<float>() + b * P, static_cast<size_t>(P) * sizeof(float));
+    for (int64_t k = 0; k < n; ++k) {  // add_time_proj: the UNet's own flip_sin_to_cos / freq_shift
+      const auto f = timestep_embedding(ids.data<float>()[b * n + k], T, c.flip_sin_to_cos, c.freq_shift);
+      std::memcpy(row + P + k * T, f.data(), static_cast<size_t>(T) * sizeof(float));
+    }
+  }
+  return out;
 }
 
 // ---- description
@@ -255,6 +294,11 @@ UNetDescription describe_unet(const UNetConfig& c) {
   d.time_embed_dim = c0 * 4;
   d.time_linear_1 = {"time_embedding.linear_1", c0, d.time_embed_dim, true};
   d.time_linear_2 = {"time_embedding.linear_2", d.time_embed_dim, d.time_embed_dim, true};
+  if (c.text_time_embedding) {
+    d.add_linear_1 = LinearSpec{"add_embedding.linear_1", c.projection_class_embeddings_input_dim,
+                                d.time_embed_dim, true};
+    d.add_linear_2 = LinearSpec{"add_embedding.linear_2", d.time_embed_dim, d.time_embed_dim, true};
+  }
   d.conv_in = Conv2dSpec::same("conv_in", c.in_channels, c0, 3);
   step(Kind::kPushSkip);
 
@@ -321,6 +365,8 @@ std::vector<WeightSpec> UNetDescription::weights() const {
   std::vector<WeightSpec> w;
   append_weights(w, time_linear_1);
   append_weights(w, time_linear_2);
+  if (add_linear_1) append_weights(w, *add_linear_1);
+  if (add_linear_2) append_weights(w, *add_linear_2);
   append_weights(w, conv_in);
   for (const auto& s : steps) {
     switch (s.kind) {

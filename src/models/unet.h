@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "models/layer_specs.h"
+#include "sdrt/tensor.h"
 
 namespace sdrt::models {
 
@@ -48,6 +49,11 @@ struct UNetConfig {
   int64_t downsample_padding = 1;
   double mid_block_scale_factor = 1.0;
   int64_t sample_size = 64;
+  // SDXL: addition_embed_type "text_time" — emb += add_embedding(text_embeds ‖ sinusoidal(time ids)), each
+  // time id addition_time_embed_dim wide; projection_class_embeddings_input_dim is add_embedding's input.
+  bool text_time_embedding = false;
+  int64_t addition_time_embed_dim = 0;
+  int64_t projection_class_embeddings_input_dim = 0;
 
   static UNetConfig from_json_file(const std::filesystem::path& path);
   // The same from parsed JSON; `what` names the source in errors (single-file checkpoints synthesise
@@ -103,6 +109,10 @@ struct UNetDescription {
   int64_t time_embed_dim = 0;  // 4·C0: the width of emb
   LinearSpec time_linear_1;    // C0 -> 4·C0
   LinearSpec time_linear_2;    // 4·C0 -> 4·C0
+  // SDXL's added embedding (addition_embed_type "text_time"), absent otherwise:
+  //   add_embeds [B, P] = text_embeds [B, P - n·T] ‖ timestep_embedding(time_ids[b][k], T) for k < n
+  //   emb += linear_2(silu(linear_1(add_embeds)))                        P -> 4·C0 -> 4·C0
+  std::optional<LinearSpec> add_linear_1, add_linear_2;
   Conv2dSpec conv_in;          // in -> C0
   std::vector<ResnetSpec> resnets;
   std::vector<Transformer2DSpec> transformers;
@@ -117,6 +127,11 @@ struct UNetDescription {
 
 // The description of the UNet `config` defines (keys are diffusers' names).
 UNetDescription describe_unet(const UNetConfig& config);
+
+// SDXL's add_embeds [B, P] from the pooled text embeddings [B, P - n·T] and the time ids [B, n] (original size,
+// crop, target size or aesthetic score): diffusers' concat of text_embeds with add_time_proj(time_ids).
+// Throws kInvalidArgument when the widths do not add up to the UNet's projection_class_embeddings_input_dim.
+Tensor text_time_add_embeds(const UNetConfig& config, const Tensor& text_embeds, const Tensor& time_ids);
 
 // diffusers' get_timestep_embedding for one timestep: [dim] sinusoidal features (float32, diffusers' order of
 // operations; the CUDA kernel follows the same).

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engines/engine.h"
+#include "loaders/model_source.h"
 #include "models/unet.h"
 #include "models/vae.h"
 #include "schedulers/scheduler.h"
@@ -21,7 +22,9 @@ namespace sdrt {
 struct Model::Impl {
   std::filesystem::path path;
   std::string name;
-  text::ClipTokenizer tokenizer;
+  std::vector<text::ClipTokenizer> tokenizers;  // one per text encoder, in the engine's order
+  loaders::PipelineConfig pipeline;
+  int64_t time_id_count = 0;  // SDXL: 6, the refiner 5; 0 for SD 1.x / 2.x
   std::unique_ptr<engines::Engine> engine;
   // Absent when loaded with text_encoder_only.
   std::optional<models::UNetConfig> unet_config;

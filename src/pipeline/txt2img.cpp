@@ -92,6 +92,15 @@ void validate_options(const GenerateOptions& o) {
   if (!o.scheduler.empty()) schedulers::parse_scheduler_name(o.scheduler);
   validate_prompt(o.prompt, "prompt");
   validate_prompt(o.negative_prompt, "negative prompt");
+  // SDXL's size conditioning: pixel counts (0 for the default) and a crop offset inside them.
+  for (const auto& [name, v] : {std::pair{"original_width", o.original_width}, {"original_height", o.original_height},
+                                {"target_width", o.target_width}, {"target_height", o.target_height},
+                                {"crop_left", o.crop_left}, {"crop_top", o.crop_top}})
+    if (v < 0 || v > kMaxImageSize)
+      invalid(fmt::format("{} {} must be an integer from 0 to {}", name, v, kMaxImageSize));
+  for (const auto& [name, v] : {std::pair{"aesthetic_score", o.aesthetic_score},
+                                {"negative_aesthetic_score", o.negative_aesthetic_score}})
+    if (!std::isfinite(v) || std::abs(v) > 1000.0) invalid(fmt::format("{} {} must be a finite number", name, v));
 }
 
 namespace {
@@ -167,16 +176,104 @@ GenerateOptions Model::resolve(const GenerateOptions& options) const {
   return o;
 }
 
+namespace {
+
+// Rows stacked along a new first axis: [1, ...] each -> [n, ...].
+Tensor stack_rows(const std::vector<Tensor>& rows) {
+  Shape shape = rows.front().shape();
+  shape[0] = static_cast<int64_t>(rows.size());
+  Tensor out(shape, DType::kF32);
+  size_t offset = 0;
+  for (const Tensor& r : rows) {
+    const Tensor f = r.to(DType::kF32);
+    std::memcpy(out.data<float>() + offset, f.data<float>(), f.nbytes());
+    offset += static_cast<size_t>(f.numel());
+  }
+  return out;
+}
+
+// [1, S, D1], [1, S, D2], ... -> [1, S, D1 + D2 + ...]: the text encoders side by side.
+Tensor concat_features(const std::vector<Tensor>& parts) {
+  const int64_t S = parts.front().dim(1);
+  int64_t D = 0;
+  for (const Tensor& p : parts) D += p.dim(2);
+  Tensor out({1, S, D}, DType::kF32);
+  int64_t at = 0;
+  for (const Tensor& p : parts) {
+    const int64_t d = p.dim(2);
+    for (int64_t s = 0; s < S; ++s)
+      std::memcpy(out.data<float>() + s * D + at, p.data<float>() + s * d, static_cast<size_t>(d) * sizeof(float));
+    at += d;
+  }
+  return out;
+}
+
+Tensor zeros_like(const Tensor& t) {
+  Tensor z(t.shape(), DType::kF32);
+  std::memset(z.raw_data(), 0, z.nbytes());
+  return z;
+}
+
+// The time ids of one row, as diffusers' _get_add_time_ids orders them: original (h, w), crop (top, left),
+// then target (h, w) — or, for the refiner, the aesthetic score.
+Tensor time_ids_row(const GenerateOptions& o, int64_t count, bool negative) {
+  const auto or_default = [](int v, int fallback) { return static_cast<float>(v > 0 ? v : fallback); };
+  std::vector<float> ids = {or_default(o.original_height, o.height), or_default(o.original_width, o.width),
+                            static_cast<float>(o.crop_top), static_cast<float>(o.crop_left)};
+  if (count == 5) {
+    ids.push_back(static_cast<float>(negative ? o.negative_aesthetic_score : o.aesthetic_score));
+  } else {
+    ids.push_back(or_default(o.target_height, o.height));
+    ids.push_back(or_default(o.target_width, o.width));
+  }
+  Tensor t({1, static_cast<int64_t>(ids.size())}, DType::kF32);
+  std::memcpy(t.data<float>(), ids.data(), ids.size() * sizeof(float));
+  return t;
+}
+
+}  // namespace
+
 Tensor Model::encode_prompts(const GenerateOptions& options) const {
-  const Tensor cond = encode_prompt(options.prompt);  // [1, 77, D]
-  if (!(options.cfg_scale > 1.0)) return cond;
-  // diffusers encodes "" when no negative prompt is given, and puts the unconditional half first.
-  const Tensor uncond = encode_prompt(options.negative_prompt);
-  const int64_t S = cond.dim(1), D = cond.dim(2);
-  Tensor both({2, S, D}, DType::kF32);
-  std::memcpy(both.data<float>(), uncond.data<float>(), uncond.nbytes());
-  std::memcpy(both.data<float>() + S * D, cond.data<float>(), cond.nbytes());
-  return both;
+  return encode_conditioning(options).context;
+}
+
+Conditioning Model::encode_conditioning(const GenerateOptions& options) const {
+  const auto& m = *impl_;
+  const bool guidance = options.cfg_scale > 1.0;
+  if (m.time_id_count == 0) {  // SD 1.x / 2.x: the last hidden state of the one text encoder
+    const Tensor cond = encode_prompt(options.prompt);  // [1, 77, D]
+    if (!guidance) return {cond, {}, {}};
+    // diffusers encodes "" when no negative prompt is given, and puts the unconditional half first.
+    return {stack_rows({encode_prompt(options.negative_prompt), cond}), {}, {}};
+  }
+  // SDXL (diffusers' StableDiffusionXLPipeline.encode_prompt): every encoder's penultimate hidden state, side
+  // by side; the pooled embedding is the last encoder's projected one.
+  const auto encode = [&](const std::string& text, Tensor& context, Tensor& pooled) {
+    validate_prompt(text);
+    std::vector<Tensor> parts;
+    for (size_t e = 0; e < m.tokenizers.size(); ++e) {
+      const auto ids = m.tokenizers[e].encode(text);
+      auto out = m.engine->encode_text_full(ids, {.encoder = e});
+      check_finite(out.penultimate_hidden_state, "text encoder outputs");
+      parts.push_back(std::move(out.penultimate_hidden_state));
+      pooled = out.text_embeds.empty() ? std::move(out.pooler_output) : std::move(out.text_embeds);
+    }
+    check_finite(pooled, "pooled text embeddings");
+    context = concat_features(parts);
+  };
+  Tensor context, pooled;
+  encode(options.prompt, context, pooled);
+  const Tensor ids = time_ids_row(options, m.time_id_count, false);
+  if (!guidance) return {context, pooled, ids};
+  Tensor negative_context, negative_pooled;
+  if (options.negative_prompt.empty() && m.pipeline.force_zeros_for_empty_prompt) {
+    negative_context = zeros_like(context);
+    negative_pooled = zeros_like(pooled);
+  } else {
+    encode(options.negative_prompt, negative_context, negative_pooled);
+  }
+  return {stack_rows({negative_context, context}), stack_rows({negative_pooled, pooled}),
+          stack_rows({time_ids_row(options, m.time_id_count, true), ids})};
 }
 
 Sampling Model::prepare_latents(const GenerateOptions& options) const {
@@ -200,13 +297,26 @@ Sampling Model::prepare_latents(const GenerateOptions& options) const {
 
 Tensor Model::denoise(Sampling& sampling, const Tensor& context, double cfg_scale,
                       const StepCallback& on_step) const {
+  return denoise(sampling, Conditioning{context, {}, {}}, cfg_scale, on_step);
+}
+
+Tensor Model::denoise(Sampling& sampling, const Conditioning& conditioning, double cfg_scale,
+                      const StepCallback& on_step) const {
   const auto& m = require_generation(*impl_);
+  Tensor add_embeds;
+  if (m.unet_config->text_time_embedding) {
+    if (conditioning.text_embeds.empty() || conditioning.time_ids.empty())
+      throw Error(ErrorKind::kInvalidArgument,
+                  "an SDXL model is conditioned on pooled text embeddings and time ids as well as the context "
+                  "(Model::encode_conditioning)");
+    add_embeds = models::text_time_add_embeds(*m.unet_config, conditioning.text_embeds, conditioning.time_ids);
+  }
   auto& s = *sampling.state_;
   const int total = static_cast<int>(s.scheduler->timesteps().size());
   // The engine keeps the latents on its device for the whole loop; they come back when the loop ends or
   // stops.
   auto& engine = *m.engine;
-  engine.set_context(context);
+  engine.set_context(conditioning.context, add_embeds);
   engine.begin_sampling(s.latents, *s.scheduler);
   for (int i = 0; i < total; ++i) {
     const int64_t nonfinite = engine.sampling_step(*s.scheduler, static_cast<size_t>(i),
@@ -243,13 +353,13 @@ Image Model::txt2img(const GenerateOptions& options, const StepCallback& on_step
   const GenerateOptions o = resolve(options);
   StageTimes t;
   auto start = Clock::now();
-  const Tensor context = encode_prompts(o);
+  const Conditioning conditioning = encode_conditioning(o);
   t.encode_prompt = seconds_since(start);
   start = Clock::now();
   Sampling sampling = prepare_latents(o);
   t.prepare_latents = seconds_since(start);
   start = Clock::now();
-  const Tensor latents = denoise(sampling, context, o.cfg_scale, on_step);
+  const Tensor latents = denoise(sampling, conditioning, o.cfg_scale, on_step);
   t.unet_infer = seconds_since(start);
   start = Clock::now();
   Image image = decode_latents(latents);

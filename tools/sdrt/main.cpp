@@ -25,6 +25,8 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -136,6 +138,7 @@ struct Txt2ImgArgs {
   std::string model, output = "output.png", init_noise, device = "cpu", prediction, vae;
   std::optional<std::string> seed;
   std::optional<int> width, height;  // unset: the model's default (an explicit 0 is an error)
+  std::string original_size, crop_top_left, target_size;  // SDXL: "W,H", "X,Y", "W,H"
   sdrt::GenerateOptions options;
 };
 
@@ -207,6 +210,26 @@ std::string terminal_safe(const std::string& s) {
   return out;
 }
 
+// "A,B" of two integers (SDXL's --original-size W,H, --crop-top-left X,Y, --target-size W,H): positive
+// (non-negative for a crop), at most 16384.
+std::pair<int, int> parse_pair(const std::string& flag, const std::string& text, bool allow_zero) {
+  const auto refuse = [&] {
+    bad_option(fmt::format("{} \"{}\": expected two {} integers separated by a comma, e.g. 1024,1024", flag,
+                           text, allow_zero ? "non-negative" : "positive"));
+  };
+  const size_t comma = text.find(',');
+  if (comma == std::string::npos) refuse();
+  int v[2] = {0, 0};
+  const std::string parts[2] = {text.substr(0, comma), text.substr(comma + 1)};
+  for (int k = 0; k < 2; ++k) {
+    const std::string& p = parts[k];
+    if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos) refuse();
+    v[k] = std::stoi(p);
+    if (v[k] > 16384 || (!allow_zero && v[k] == 0)) refuse();
+  }
+  return {v[0], v[1]};
+}
+
 int run_txt2img(Txt2ImgArgs args) {
   // Before any work: the output is writable and is none of the files this run reads.
   sdrt::check_output_path(args.output, {args.model, args.vae, args.init_noise});
@@ -218,6 +241,12 @@ int run_txt2img(Txt2ImgArgs args) {
   }
   o.width = args.width.value_or(0);
   o.height = args.height.value_or(0);
+  if (!args.original_size.empty())
+    std::tie(o.original_width, o.original_height) = parse_pair("--original-size", args.original_size, false);
+  if (!args.crop_top_left.empty())
+    std::tie(o.crop_left, o.crop_top) = parse_pair("--crop-top-left", args.crop_top_left, true);
+  if (!args.target_size.empty())
+    std::tie(o.target_width, o.target_height) = parse_pair("--target-size", args.target_size, false);
   const std::optional<uint64_t> seed = args.seed ? parse_seed(*args.seed) : std::nullopt;
   sdrt::validate_options(o);
   // AUTOMATIC1111 draws a random seed when none is given (or -1); it is printed and stored in the PNG.
@@ -232,10 +261,10 @@ int run_txt2img(Txt2ImgArgs args) {
   o = model.resolve(o);
   warn_dropped_tokens(model, o.prompt, "prompt", stdout);
   if (o.cfg_scale > 1.0) warn_dropped_tokens(model, o.negative_prompt, "negative prompt", stdout);
-  sdrt::Tensor context;
+  sdrt::Conditioning conditioning;
   {
     StageTimer t("encode_prompt");
-    context = model.encode_prompts(o);
+    conditioning = model.encode_conditioning(o);
   }
   check_interrupt();
   std::optional<sdrt::Sampling> sampling;
@@ -248,7 +277,7 @@ int run_txt2img(Txt2ImgArgs args) {
   {
     StageTimer t("unet_infer");
     ProgressBar progress;
-    latents = model.denoise(*sampling, context, o.cfg_scale, std::ref(progress));
+    latents = model.denoise(*sampling, conditioning, o.cfg_scale, std::ref(progress));
   }
   sdrt::Image image;
   {
@@ -367,6 +396,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   txt2img->add_option("--init-noise", gen.init_noise,
                       "initial latents [1,4,H/8,W/8] float32 .npy instead of the seed");
+  txt2img->add_option("--original-size", gen.original_size,
+                      "SDXL size conditioning W,H (default: the image size)");
+  txt2img->add_option("--crop-top-left", gen.crop_top_left, "SDXL crop conditioning X,Y (default: 0,0)");
+  txt2img->add_option("--target-size", gen.target_size, "SDXL target size conditioning W,H (default: the image size)");
   txt2img->add_option("--output", gen.output, "output PNG")->capture_default_str();
   txt2img->add_option("--device", gen.device, "cpu | cuda (UNet and VAE in fp16 on the GPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}))

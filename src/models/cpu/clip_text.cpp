@@ -50,6 +50,8 @@ ClipTextModel ClipTextModel::load(const ClipTextDescription& d, const WeightSour
   m.config_ = d.config;
   m.token_embedding_ = w.get(d.token_embedding.key, d.token_embedding.shape);
   m.position_embedding_ = w.get(d.position_embedding.key, d.position_embedding.shape);
+  if (d.text_projection)  // beside text_model.*, not under it
+    m.text_projection_ = Linear::load({w.store, w.config_source, ""}, *d.text_projection);
   if (embeddings_only) return m;
   for (const auto& l : d.layers)
     m.layers_.push_back({LayerNorm::load(w, l.layer_norm1), LayerNorm::load(w, l.layer_norm2),
@@ -67,6 +69,7 @@ int64_t ClipTextModel::parameter_count() const {
     for (const Linear* p : {&l.q_proj, &l.k_proj, &l.v_proj, &l.out_proj, &l.fc1, &l.fc2})
       n += p->weight.numel() + p->bias.numel();
   }
+  if (text_projection_) n += text_projection_->weight.numel();
   return n;
 }
 
@@ -145,6 +148,16 @@ ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hi
   out.last_hidden_state = Tensor({1, S, D}, DType::kF32);
   final_layer_norm_.forward(xd, out.last_hidden_state.data<float>(), S);
 
+  out.pooler_output = pool(out.last_hidden_state, ids);
+  if (auto projected = project(out.pooler_output)) out.text_embeds = std::move(*projected);
+  return out;
+}
+
+Tensor ClipTextModel::pool(const Tensor& last_hidden_state, std::span<const int32_t> ids) const {
+  const auto& c = config_;
+  const int64_t S = static_cast<int64_t>(ids.size()), D = c.hidden_size;
+  if (last_hidden_state.rank() != 3 || last_hidden_state.dim(1) != S || last_hidden_state.dim(2) != D)
+    throw Error(ErrorKind::kInternal, "text encoder: pool() of a hidden state that does not match the ids");
   // Pooled output at the EOS token. transformers' legacy configs (eos_token_id == 2) take the highest id
   // instead.
   int64_t eos_pos = 0;
@@ -158,10 +171,15 @@ ClipTextOutput ClipTextModel::forward(std::span<const int32_t> ids, bool keep_hi
         break;
       }
   }
-  out.pooler_output = Tensor({1, D}, DType::kF32);
-  std::memcpy(out.pooler_output.data<float>(), out.last_hidden_state.data<float>() + eos_pos * D,
-              static_cast<size_t>(D) * sizeof(float));
-  return out;
+  const Tensor h = last_hidden_state.to(DType::kF32);
+  Tensor pooled({1, D}, DType::kF32);
+  std::memcpy(pooled.data<float>(), h.data<float>() + eos_pos * D, static_cast<size_t>(D) * sizeof(float));
+  return pooled;
+}
+
+std::optional<Tensor> ClipTextModel::project(const Tensor& pooled) const {
+  if (!text_projection_) return std::nullopt;
+  return text_projection_->forward(pooled.to(DType::kF32), pooled.dim(0));  // [1, P]
 }
 
 }  // namespace sdrt::models::cpu

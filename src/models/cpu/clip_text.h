@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@ struct ClipTextOutput {
   Tensor last_hidden_state;           // [1, S, D], after final_layer_norm
   std::vector<Tensor> hidden_states;  // num_hidden_layers + 1 tensors [1, S, D]: embeddings, then each layer
   Tensor pooler_output;               // [1, D]: last_hidden_state at the (first) EOS token
+  Tensor text_embeds;                 // [1, P]: text_projection(pooler_output), with a projection only
 };
 
 class ClipTextModel {
@@ -48,6 +50,10 @@ class ClipTextModel {
   Tensor embed(std::span<const int32_t> ids) const;
   // Number of parameters (for `sdrt info`).
   int64_t parameter_count() const;
+  // The pooled output of a last_hidden_state [1, S, D] for `ids`: the row at the end-of-text token (the
+  // CUDA engine runs the layers and pools on the host), and its text_projection when the model has one.
+  Tensor pool(const Tensor& last_hidden_state, std::span<const int32_t> ids) const;
+  std::optional<Tensor> project(const Tensor& pooled) const;
 
  private:
   struct Layer {
@@ -59,6 +65,7 @@ class ClipTextModel {
   Tensor position_embedding_;  // [max_positions, D]
   std::vector<Layer> layers_;
   LayerNorm final_layer_norm_;
+  std::optional<Linear> text_projection_;
 };
 
 }  // namespace sdrt::models::cpu

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -137,6 +138,7 @@ struct Transformer2D {
 struct UNet::Layers {
   UNetDescription description;
   Linear time_linear_1, time_linear_2;
+  std::optional<Linear> add_linear_1, add_linear_2;  // SDXL's text_time embedding
   Conv2d conv_in, conv_out;
   GroupNorm conv_norm_out;
   std::vector<ResnetBlock> resnets;
@@ -180,6 +182,10 @@ UNet UNet::load(const UNetDescription& description, const WeightSource& w) {
   const auto& d = m.description;
   m.time_linear_1 = Linear::load(w, d.time_linear_1);
   m.time_linear_2 = Linear::load(w, d.time_linear_2);
+  if (d.add_linear_1) {
+    m.add_linear_1 = Linear::load(w, *d.add_linear_1);
+    m.add_linear_2 = Linear::load(w, *d.add_linear_2);
+  }
   m.conv_in = Conv2d::load(w, d.conv_in);
   for (const auto& spec : d.resnets) m.resnets.push_back(ResnetBlock::load(w, spec));
   for (const auto& spec : d.transformers) m.transformers.push_back(Transformer2D::load(w, spec));
@@ -191,7 +197,8 @@ UNet UNet::load(const UNetDescription& description, const WeightSource& w) {
   return unet;
 }
 
-Tensor UNet::forward(const Tensor& sample, double timestep, const Tensor& context) const {
+Tensor UNet::forward(const Tensor& sample, double timestep, const Tensor& context,
+                     const Tensor& add_embeds) const {
   const auto& m = *layers_;
   const auto& c = m.description.config;
   if (sample.rank() != 4 || sample.dim(1) != c.in_channels)
@@ -212,6 +219,19 @@ Tensor UNet::forward(const Tensor& sample, double timestep, const Tensor& contex
   Tensor emb = m.time_linear_1.forward(t_emb, B);  // [B, 4·C0]
   silu_inplace(emb);
   emb = m.time_linear_2.forward(emb, B);
+  if (m.add_linear_1) {  // SDXL: emb += linear_2(silu(linear_1(add_embeds)))
+    const int64_t P = m.add_linear_1->in;
+    if (add_embeds.rank() != 2 || add_embeds.dim(0) != B || add_embeds.dim(1) != P)
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("unet: add_embeds {} must be [{}, {}] (pooled text embeddings and time ids)",
+                              shape_to_string(add_embeds.shape()), B, P));
+    Tensor aug = m.add_linear_1->forward(add_embeds.to(DType::kF32), B);
+    silu_inplace(aug);
+    aug = m.add_linear_2->forward(aug, B);
+    ops::add(emb.data<float>(), aug.data<float>(), emb.data<float>(), emb.numel());
+  } else if (!add_embeds.empty()) {
+    throw Error(ErrorKind::kInvalidArgument, "unet: add_embeds given to a UNet without a text_time embedding");
+  }
   silu_inplace(emb);  // every ResnetBlock2D applies SiLU to the embedding before its projection
 
   Tensor x = m.conv_in.forward(sample);  // [B, C0, h, w]

@@ -33,7 +33,10 @@ class UNet {
   int64_t parameter_count() const;
 
   // sample [B, in, h, w], context [B, S, cross_attention_dim] -> [B, out, h, w]. One timestep for the batch.
-  Tensor forward(const Tensor& sample, double timestep, const Tensor& context) const;
+  // add_embeds [B, P]: SDXL's text_time input (models::text_time_add_embeds), required exactly when the
+  // config has a text_time embedding.
+  Tensor forward(const Tensor& sample, double timestep, const Tensor& context,
+                 const Tensor& add_embeds = {}) const;
 
   struct Layers;  // defined in unet.cpp
 

@@ -36,7 +36,7 @@ ClipTextModel ClipTextModel::load(Context& ctx, const ClipTextDescription& d, co
   return te;
 }
 
-Act ClipTextModel::forward(Context& ctx, ActivationPool& pool, const Act& x_in) const {
+Act ClipTextModel::forward(Context& ctx, ActivationPool& pool, const Act& x_in, Act* penultimate) const {
   const auto& c = config_;
   const int64_t B = x_in.n, S = x_in.h, D = c.hidden_size, I = c.intermediate_size;
   const int64_t H = c.num_attention_heads, head_dim = D / H, rows = B * S;
@@ -49,6 +49,12 @@ Act ClipTextModel::forward(Context& ctx, ActivationPool& pool, const Act& x_in) 
     throw Error(ErrorKind::kUnsupported,
                 fmt::format("text encoder: activation {} is not supported on CUDA", c.hidden_act_name));
   for (const auto& l : layers_->layers) {
+    if (penultimate && &l == &layers_->layers.back()) {  // hidden_states[-2]: the last layer's input
+      *penultimate = Act(pool, B, S, 1, D);
+      check(cudaMemcpyAsync(penultimate->data(), x.data(), x.numel() * sizeof(__half), cudaMemcpyDeviceToDevice,
+                            ctx.stream()),
+            "text encoder hidden state copy");
+    }
     // x += out_proj(causal_attention(ln1(x)))
     const Act h = l.ln1.forward(ctx, pool, x);
     Act q3(pool, B, S, 1, 3 * D);

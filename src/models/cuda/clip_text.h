@@ -20,8 +20,9 @@ class ClipTextModel {
   ClipTextModel& operator=(ClipTextModel&&) noexcept;
   ~ClipTextModel();
 
-  // x [B, S, D] input embeddings -> last_hidden_state [B, S, D]
-  Act forward(Context& ctx, ActivationPool& pool, const Act& x) const;
+  // x [B, S, D] input embeddings -> last_hidden_state [B, S, D]; with `penultimate`, also hidden_states[-2]
+  // (the last layer's input, before any LayerNorm: SDXL's context).
+  Act forward(Context& ctx, ActivationPool& pool, const Act& x, Act* penultimate = nullptr) const;
 
   struct Layers;
 

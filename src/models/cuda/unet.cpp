@@ -211,6 +211,7 @@ struct Transformer2D {
 struct UNet::Layers {
   UNetDescription description;
   Linear time_linear_1, time_linear_2;
+  std::optional<Linear> add_linear_1, add_linear_2;  // SDXL's text_time embedding
   Conv2d conv_in, conv_out;
   GroupNorm conv_norm_out;
   std::vector<ResnetBlock> resnets;
@@ -237,6 +238,10 @@ UNet UNet::load(Context& ctx, const UNetDescription& description, const WeightSo
   LinearStack kv, time_projections;
   m.time_linear_1 = Linear::load(ctx, w, d.time_linear_1);
   m.time_linear_2 = Linear::load(ctx, w, d.time_linear_2);
+  if (d.add_linear_1) {
+    m.add_linear_1 = Linear::load(ctx, w, *d.add_linear_1);
+    m.add_linear_2 = Linear::load(ctx, w, *d.add_linear_2);
+  }
   m.conv_in = Conv2d::load(ctx, w, d.conv_in);
   for (const auto& spec : d.resnets) m.resnets.push_back(ResnetBlock::load(ctx, w, spec, time_projections));
   for (const auto& spec : d.transformers) m.transformers.push_back(Transformer2D::load(ctx, w, spec, kv));
@@ -261,7 +266,7 @@ void UNet::project_context(Context& ctx, const Act& context, Act& context_kv) co
 }
 
 Act UNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, const float* timestep,
-                  const Act& context_kv) const {
+                  const Act& context_kv, const Act* add_embeds) const {
   const auto& m = *layers_;
   const auto& c = m.description.config;
   const int64_t B = sample.n;
@@ -277,6 +282,14 @@ Act UNet::forward(Context& ctx, ActivationPool& pool, const Act& sample, const f
   ops::launch_silu(emb.data(), emb.numel(), stream);
   Act emb_silu(pool, B, 1, 1, m.description.time_embed_dim);
   m.time_linear_2.forward(ctx, emb.data(), emb_silu.data(), B);
+  if (m.add_linear_1) {  // SDXL: emb += linear_2(silu(linear_1(add_embeds))), the add fused as a residual
+    if (!add_embeds || add_embeds->n != B || add_embeds->c != m.add_linear_1->in)
+      throw Error(ErrorKind::kInternal, "unet: the text_time embedding needs add_embeds [B, P]");
+    Act aug(pool, B, 1, 1, m.description.time_embed_dim);
+    m.add_linear_1->forward(ctx, add_embeds->data(), aug.data(), B);
+    ops::launch_silu(aug.data(), aug.numel(), stream);
+    m.add_linear_2->forward(ctx, aug.data(), emb_silu.data(), B, /*residual=*/emb_silu.data());
+  }
   ops::launch_silu(emb_silu.data(), emb_silu.numel(), stream);
   Act time_projections(pool, B, 1, 1, m.time_projections.out);  // [B, Σ resnet out]: every time_emb_proj
   m.time_projections.forward(ctx, emb_silu.data(), time_projections.data(), B);
@@ -340,6 +353,7 @@ UNetGraph::UNetGraph(const UNet& unet, int64_t batch, int64_t height, int64_t wi
   context_ = Act(io_pool_, batch, context_tokens, 1, c.cross_attention_dim);
   context_kv_ = Act(io_pool_, batch, context_tokens, 1, unet.context_kv_width());
   output_ = Act(io_pool_, batch, height, width, c.out_channels);
+  if (c.text_time_embedding) add_embeds_ = Act(io_pool_, batch, 1, 1, c.projection_class_embeddings_input_dim);
   timestep_ = DeviceBuffer(sizeof(float));
 }
 
@@ -354,7 +368,8 @@ void UNetGraph::run(Context& ctx) {
     context_changed_ = false;
   }
   const auto eager = [&] {
-    Act out = unet_.forward(ctx, pool_, sample_, timestep(), context_kv_);
+    Act out = unet_.forward(ctx, pool_, sample_, timestep(), context_kv_,
+                            unet_.config().text_time_embedding ? &add_embeds_ : nullptr);
     check(cudaMemcpyAsync(output_.data(), out.data(), out.numel() * sizeof(__half), cudaMemcpyDeviceToDevice,
                           stream),
           "unet output copy");

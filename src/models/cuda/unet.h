@@ -33,9 +33,10 @@ class UNet {
   void project_context(Context& ctx, const Act& context, Act& context_kv) const;
 
   // sample [B, h, w, in] NHWC fp16, *timestep (device fp32, one for the batch), context_kv from
-  // project_context -> [B, h, w, out]. Everything runs on ctx.stream() with no host synchronisation.
+  // project_context, add_embeds [B, 1, 1, P] for SDXL's text_time embedding (else null) -> [B, h, w, out].
+  // Everything runs on ctx.stream() with no host synchronisation.
   Act forward(Context& ctx, ActivationPool& pool, const Act& sample, const float* timestep,
-              const Act& context_kv) const;
+              const Act& context_kv, const Act* add_embeds = nullptr) const;
 
   struct Layers;
 
@@ -60,13 +61,15 @@ class UNetGraph {
   Act& context() { return context_; }
   void context_changed() { context_changed_ = true; }
   float* timestep() { return timestep_.as<float>(); }
+  // SDXL: the text_time input [B, 1, 1, P] (fp16), written with the context; empty for other UNets.
+  Act& add_embeds() { return add_embeds_; }
   const Act& output() const { return output_; }
   void run(Context& ctx);
 
  private:
   const UNet& unet_;
   ActivationPool io_pool_, pool_;
-  Act sample_, context_, context_kv_, output_;
+  Act sample_, context_, context_kv_, output_, add_embeds_;
   bool context_changed_ = true;
   DeviceBuffer timestep_;
   bool use_graph_;
