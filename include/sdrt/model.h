@@ -175,6 +175,22 @@ class Model {
   Image txt2img(const GenerateOptions& options, const StepCallback& on_step = nullptr,
                 StageTimes* times = nullptr) const;
 
+  // ---- SDXL base + refiner (AUTOMATIC1111's refiner_switch_at; diffusers' denoising_end / denoising_start)
+  // Ends this base model's loop where the refiner takes over: only the steps whose timestep is at or above
+  // round((1 - switch_at) · num_train_timesteps) run.
+  void end_sampling_at(Sampling& sampling, double switch_at) const;
+  // The refiner's loop on this model: its own scheduler over the same number of steps, started at
+  // denoising_start = switch_at, on the base's latents with the base's random generator (moved out of
+  // `base`); no noise is added.
+  Sampling continue_sampling(Sampling&& base, const GenerateOptions& options, double switch_at) const;
+  // txt2img with the base's steps up to switch_at, then `refiner`'s (its own prompt encoding, with the
+  // aesthetic-score time ids) on the same latents, decoded by the refiner's VAE.
+  Image txt2img(const GenerateOptions& options, const Model& refiner, double switch_at,
+                const StepCallback& on_step = nullptr, StageTimes* times = nullptr) const;
+  // SDXL's refiner (StableDiffusionXLImg2ImgPipeline with aesthetic-score time ids), which refines a base's
+  // latents rather than generating from noise.
+  bool is_refiner() const;
+
   // AUTOMATIC1111-style "parameters" text for PNG metadata.
   std::string parameters_text(const GenerateOptions& resolved) const;
 

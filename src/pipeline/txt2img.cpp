@@ -36,6 +36,17 @@ const Model::Impl& require_generation(const Model::Impl& m) {
   return m;
 }
 
+bool refiner_model(const Model::Impl& m) {
+  return m.time_id_count == 5;
+}
+
+void check_switch(double switch_at) {
+  if (!(switch_at > 0.0 && switch_at < 1.0))
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("refiner switch {} must be between 0 and 1 (the fraction of the steps the base runs)",
+                            switch_at));
+}
+
 int64_t vae_factor(const Model::Impl& m) {
   return m.vae_config->downscale_factor();
 }
@@ -54,6 +65,9 @@ struct Sampling::State {
   std::unique_ptr<schedulers::Scheduler> scheduler;
   schedulers::TorchGenerator generator;
   Tensor latents;  // [1, C, h, w]
+  // The steps this loop runs: [first_step, end_step) of the scheduler's timesteps (a base model stops where
+  // a refiner takes over, the refiner starts there).
+  size_t first_step = 0, end_step = 0;
 };
 
 Sampling::Sampling(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -64,7 +78,7 @@ const Tensor& Sampling::latents() const {
   return state_->latents;
 }
 int Sampling::steps() const {
-  return static_cast<int>(state_->scheduler->timesteps().size());
+  return static_cast<int>(state_->end_step - state_->first_step);
 }
 const std::vector<double>& Sampling::timesteps() const {
   return state_->scheduler->timesteps();
@@ -286,6 +300,7 @@ Sampling Model::prepare_latents(const GenerateOptions& options) const {
                           schedulers::TorchGenerator(o.seed),
                           {}});
   state->scheduler->set_timesteps(o.steps);
+  state->end_step = state->scheduler->timesteps().size();
   const int64_t factor = vae_factor(m);
   const Shape shape{1, m.unet_config->in_channels, o.height / factor, o.width / factor};
   state->latents = o.init_noise ? o.init_noise->to(DType::kF32) : state->generator.randn(shape);
@@ -312,14 +327,14 @@ Tensor Model::denoise(Sampling& sampling, const Conditioning& conditioning, doub
     add_embeds = models::text_time_add_embeds(*m.unet_config, conditioning.text_embeds, conditioning.time_ids);
   }
   auto& s = *sampling.state_;
-  const int total = static_cast<int>(s.scheduler->timesteps().size());
+  const int first = static_cast<int>(s.first_step), total = static_cast<int>(s.end_step - s.first_step);
   // The engine keeps the latents on its device for the whole loop; they come back when the loop ends or
   // stops.
   auto& engine = *m.engine;
   engine.set_context(conditioning.context, add_embeds);
   engine.begin_sampling(s.latents, *s.scheduler);
   for (int i = 0; i < total; ++i) {
-    const int64_t nonfinite = engine.sampling_step(*s.scheduler, static_cast<size_t>(i),
+    const int64_t nonfinite = engine.sampling_step(*s.scheduler, static_cast<size_t>(first + i),
                                                    static_cast<float>(cfg_scale), s.generator);
     if (nonfinite > 0) {
       s.latents = engine.sampling_latents();
@@ -350,6 +365,11 @@ Image Model::decode_latents(const Tensor& latents) const {
 }
 
 Image Model::txt2img(const GenerateOptions& options, const StepCallback& on_step, StageTimes* times) const {
+  if (refiner_model(*impl_))
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("{} is an SDXL refiner (it refines a base model's latents): give it as the refiner "
+                            "of an SDXL base model",
+                            impl_->path.string()));
   const GenerateOptions o = resolve(options);
   StageTimes t;
   auto start = Clock::now();
@@ -363,6 +383,109 @@ Image Model::txt2img(const GenerateOptions& options, const StepCallback& on_step
   t.unet_infer = seconds_since(start);
   start = Clock::now();
   Image image = decode_latents(latents);
+  t.decode_latents = seconds_since(start);
+  if (times) *times = t;
+  return image;
+}
+
+namespace {
+
+// The scheduler of one loop (the model's own, or the one the options name) with its timesteps set.
+std::unique_ptr<schedulers::Scheduler> loop_scheduler(const Model::Impl& m, const GenerateOptions& o) {
+  const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
+                                        : schedulers::parse_scheduler_name(o.scheduler);
+  auto scheduler = schedulers::make_scheduler(kind, *m.scheduler_config, o.karras);
+  scheduler->set_timesteps(o.steps);
+  return scheduler;
+}
+
+// diffusers' denoising_start (img2img get_timesteps): the refiner runs the timesteps below
+// round((1 - switch_at) · T); sdrt's schedulers are all first-order in diffusers' sense, so no step is added.
+size_t refiner_first_step(const Model::Impl& m, const schedulers::Scheduler& scheduler, double switch_at) {
+  const int T = m.scheduler_config->num_train_timesteps;
+  const double cutoff = static_cast<double>(std::lround(T - switch_at * T));
+  const auto& ts = scheduler.timesteps();
+  size_t kept = 0;
+  for (double t : ts) kept += t < cutoff;
+  return ts.size() - kept;
+}
+
+}  // namespace
+
+bool Model::is_refiner() const {
+  return refiner_model(*impl_);
+}
+
+void Model::end_sampling_at(Sampling& sampling, double switch_at) const {
+  const auto& m = require_generation(*impl_);
+  check_switch(switch_at);
+  auto& s = *sampling.state_;
+  // diffusers' denoising_end: keep the timesteps at or above the cutoff.
+  const int T = m.scheduler_config->num_train_timesteps;
+  const double cutoff = static_cast<double>(std::lround(T - switch_at * T));
+  const auto& ts = s.scheduler->timesteps();
+  size_t end = s.first_step;
+  while (end < s.end_step && ts[end] >= cutoff) ++end;
+  s.end_step = end;
+}
+
+Sampling Model::continue_sampling(Sampling&& base, const GenerateOptions& options, double switch_at) const {
+  const auto& m = require_generation(*impl_);
+  check_switch(switch_at);
+  const GenerateOptions o = resolve(options);
+  auto& from = *base.state_;
+  auto state = std::unique_ptr<Sampling::State>(
+      new Sampling::State{loop_scheduler(m, o), std::move(from.generator), {}});
+  state->first_step = refiner_first_step(m, *state->scheduler, switch_at);
+  state->end_step = state->scheduler->timesteps().size();
+  state->scheduler->set_begin_index(state->first_step);
+  const Shape want{1, m.unet_config->in_channels, o.height / vae_factor(m), o.width / vae_factor(m)};
+  if (from.latents.shape() != want)
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("the refiner takes latents {} but the base made {}", shape_to_string(want),
+                            shape_to_string(from.latents.shape())));
+  state->latents = std::move(from.latents);  // no noise added (denoising_start)
+  return Sampling(std::move(state));
+}
+
+Image Model::txt2img(const GenerateOptions& options, const Model& refiner, double switch_at,
+                     const StepCallback& on_step, StageTimes* times) const {
+  const auto& m = require_generation(*impl_);
+  require_generation(*refiner.impl_);
+  if (m.time_id_count != 6)
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("{}: a refiner needs an SDXL base model (this is {})", impl_->path.string(),
+                            refiner_model(m) ? "an SDXL refiner" : "not SDXL"));
+  if (refiner.impl_->time_id_count == 0)
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("refiner {} is not an SDXL model", refiner.impl_->path.string()));
+  if (refiner.impl_->vae_config->latent_channels != m.vae_config->latent_channels)
+    throw Error(ErrorKind::kInvalidArgument, "the refiner's latents differ from the base model's");
+  const GenerateOptions o = resolve(options);
+  StageTimes t;
+  auto start = Clock::now();
+  const Conditioning conditioning = encode_conditioning(o);
+  const Conditioning refiner_conditioning = refiner.encode_conditioning(o);
+  t.encode_prompt = seconds_since(start);
+  start = Clock::now();
+  Sampling sampling = prepare_latents(o);
+  end_sampling_at(sampling, switch_at);
+  t.prepare_latents = seconds_since(start);
+  start = Clock::now();
+  const int base_steps = sampling.steps();
+  const auto refiner_schedule = loop_scheduler(*refiner.impl_, o);
+  const int refiner_steps = static_cast<int>(refiner_schedule->timesteps().size() -
+                                             refiner_first_step(*refiner.impl_, *refiner_schedule, switch_at));
+  const auto progress = [&](int offset) -> StepCallback {  // one count over both loops
+    if (!on_step) return nullptr;
+    return [&, offset](int done, int) { return on_step(offset + done, base_steps + refiner_steps); };
+  };
+  denoise(sampling, conditioning, o.cfg_scale, progress(0));
+  Sampling refined = refiner.continue_sampling(std::move(sampling), o, switch_at);
+  const Tensor latents = refiner.denoise(refined, refiner_conditioning, o.cfg_scale, progress(base_steps));
+  t.unet_infer = seconds_since(start);
+  start = Clock::now();
+  Image image = refiner.decode_latents(latents);
   t.decode_latents = seconds_since(start);
   if (times) *times = t;
   return image;

@@ -92,6 +92,12 @@ class DpmSolverScheduler final : public Scheduler {
     steps_taken_ = 0;
   }
 
+  void set_begin_index(size_t index) override {  // the history starts empty: a first-order step first
+    model_output_pushes_ = 0;
+    lower_order_nums_ = 0;
+    steps_taken_ = index;
+  }
+
   const std::vector<double>& timesteps() const override { return timesteps_; }
   const std::vector<float>& sigmas() const override { return sigmas_; }
   float init_noise_sigma() const override { return 1.0f; }

@@ -87,6 +87,12 @@ class PndmScheduler final : public Scheduler {
   }
 
   const std::vector<double>& timesteps() const override { return timesteps_; }
+  void set_begin_index(size_t index) override {
+    if (index != 0)
+      throw Error(ErrorKind::kUnsupported,
+                  "PNDM cannot start in the middle of its schedule (an SDXL refiner's denoising_start): use "
+                  "euler, euler_a, ddim or dpmpp_2m");
+  }
   float init_noise_sigma() const override { return 1.0f; }
   const char* name() const override { return "PNDM"; }
   float model_input_divisor(size_t) const override { return 1.0f; }

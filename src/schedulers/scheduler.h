@@ -105,6 +105,9 @@ class Scheduler {
   // one call per step, in order, after set_timesteps). Throws kInvalidArgument for an out-of-range or
   // out-of-order step.
   virtual StepPlan plan_step(size_t step_index) = 0;
+  // Starts the loop at step `index` with no history (diffusers' set_begin_index: an SDXL refiner taking over
+  // at denoising_start). Stateless schedulers need nothing; PNDM cannot (kUnsupported).
+  virtual void set_begin_index(size_t index) { (void)index; }
 
   // ---- host execution ----
   // Returns the UNet input for step `step_index` (a copy; sample is [batch, C, H, W]).
