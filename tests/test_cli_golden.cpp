@@ -121,7 +121,57 @@ TEST_P(CliGolden, EveryPipelineCaseMatchesDiffusers) {
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, CliGolden, ::testing::Values("tiny-sd1", "tiny-sd2"));
 
+// SDXL (scripts/make_sdxl_fixtures.py): every case with the size-conditioning flags always given (W,H and
+// X,Y orders: diffusers' (h, w) / (top, left) pairs reversed), and the base + refiner cases with --refiner.
+TEST(CliGoldenSdxl, EveryPipelineCaseMatchesDiffusers) {
+  const auto dir = fixtures_dir() / "tiny-sdxl";
+  const auto ref = dir / "reference";
+  const auto cases = io::read_json_file(ref / "pipeline_cases.json")["cases"];
+  ASSERT_EQ(cases.size(), 10u);
+  TempDir tmp;
+  int index = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.dump());
+    const auto pair = [&](const char* key) { return c[key][1].dump() + "," + c[key][0].dump(); };
+    std::string flags = case_flags(c, ref) + " --original-size " + pair("original_size_hw") +
+                        " --crop-top-left " + pair("crops_coords_top_left_yx") + " --target-size " +
+                        pair("target_size_hw");
+    if (c["refiner"].get<bool>())
+      flags += " --refiner " +
+               shell_quote((fixtures_dir() / c["refiner_model"].get<std::string>()).string()) +
+               " --refiner-switch " + c["refiner_denoising_start"].dump();
+    const auto out = tmp / ("case" + std::to_string(index++) + ".png");
+    const auto got = txt2img(dir, flags, out);
+    expect_reference(got, ref / c["image"].get<std::string>());
+    expect_parameters(got, c);
+  }
+  EXPECT_EQ(index, 10);
+}
+
 // ---- single-file checkpoints (tests/fixtures/single_file, scripts/make_single_file_fixtures.py)
+
+// An SDXL single file (Stability layout, scripts/make_single_file_fixtures.py --only sdxl) draws diffusers'
+// images, and the folder `convert` makes of it draws the same ones.
+TEST(CliGoldenSdxl, SingleFileAndItsConvertedFolder) {
+  const auto dir = fixtures_dir() / "single_file";
+  const auto cases = io::read_json_file(dir / "reference_sdxl.json")["cases"];
+  TempDir tmp;
+  const auto converted = tmp / "converted";
+  const auto r = run_cli("convert --model " + shell_quote((dir / "sdxl_base.safetensors").string()) +
+                         " --output " + shell_quote(converted.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  int checked = 0;
+  for (const auto& c : cases) {
+    if (c["model"] != "sdxl_base") continue;  // the refiner's case is img2img
+    SCOPED_TRACE(c.dump());
+    const auto from_file = txt2img(dir / "sdxl_base.safetensors", case_flags(c, dir), tmp / "file.png");
+    expect_reference(from_file, dir / c["image"].get<std::string>());
+    const auto from_folder = txt2img(converted, case_flags(c, dir), tmp / "folder.png");
+    EXPECT_EQ(from_folder.rgb8, from_file.rgb8);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
+}
 
 fs::path single_dir() {
   return fixtures_dir() / "single_file";

@@ -163,7 +163,8 @@ class Model {
   // negative prompt is zeros where the model's force_zeros_for_empty_prompt says so).
   Conditioning encode_conditioning(const GenerateOptions& options) const;
   Sampling prepare_latents(const GenerateOptions& options) const;
-  // Runs the UNet loop; returns the final latents [1, 4, h, w]. The Tensor form is SD 1.x / 2.x's context only.
+  // Runs the UNet loop; returns the final latents [1, 4, h, w]. The Tensor form is SD 1.x / 2.x's context
+  // only.
   Tensor denoise(Sampling& sampling, const Conditioning& conditioning, double cfg_scale,
                  const StepCallback& on_step = nullptr) const;
   Tensor denoise(Sampling& sampling, const Tensor& context, double cfg_scale,

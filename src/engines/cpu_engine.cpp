@@ -36,7 +36,9 @@ class CpuEngine final : public Engine {
 
   std::string device_name() const override { return fmt::format("CPU ({} threads)", omp_get_max_threads()); }
 
-  Tensor encode_text(std::span<const int32_t> ids) override { return text_.at(0).forward(ids).last_hidden_state; }
+  Tensor encode_text(std::span<const int32_t> ids) override {
+    return text_.at(0).forward(ids).last_hidden_state;
+  }
 
   TextEncoding encode_text_full(std::span<const int32_t> ids, const TextRequest& request) override {
     if (request.encoder >= text_.size())

@@ -94,7 +94,9 @@ class CudaEngine final : public Engine, public Diagnostics {
     return e;
   }
 
-  Tensor encode_embeddings(const Tensor& embeddings) override { return run_text_encoder(0, embeddings, nullptr); }
+  Tensor encode_embeddings(const Tensor& embeddings) override {
+    return run_text_encoder(0, embeddings, nullptr);
+  }
 
   // Input embeddings [B, S, D] -> last_hidden_state [B, S, D] float32 (and hidden_states[-2] when asked).
   Tensor run_text_encoder(size_t encoder, const Tensor& embeddings, Tensor* penultimate) {
@@ -124,8 +126,8 @@ class CudaEngine final : public Engine, public Diagnostics {
     if (text_time != !add_embeds.empty() ||
         (text_time && (add_embeds.rank() != 2 || add_embeds.dim(0) != c.dim(0) ||
                        add_embeds.dim(1) != unet_.config().projection_class_embeddings_input_dim)))
-      throw Error(ErrorKind::kInvalidArgument,
-                  fmt::format("CudaEngine: add_embeds {} do not fit the unet", shape_to_string(add_embeds.shape())));
+      throw Error(ErrorKind::kInvalidArgument, fmt::format("CudaEngine: add_embeds {} do not fit the unet",
+                                                           shape_to_string(add_embeds.shape())));
     add_embeds_host_ = add_embeds.empty() ? Tensor() : add_embeds.to(DType::kF32);
     const int64_t B = c.dim(0), S = c.dim(1), D = c.dim(2);
     if (D != unet_.config().cross_attention_dim)
@@ -432,7 +434,8 @@ std::unique_ptr<Engine> create_cuda_engine(const ModelDescription& model) {
 
 namespace sdrt::engines {
 std::unique_ptr<Engine> create_cuda_engine(const ModelDescription&) {
-  throw Error(ErrorKind::kUnsupported, "CUDA device unsupported: this sdrt was built without the CUDA backend");
+  throw Error(ErrorKind::kUnsupported,
+              "CUDA device unsupported: this sdrt was built without the CUDA backend");
 }
 }  // namespace sdrt::engines
 

@@ -21,9 +21,9 @@ ModelDescription describe_model(const loaders::ModelSource& source) {
   d.pipeline = source.pipeline;
   int64_t context_width = 0;
   for (const auto& te : source.text_encoders) {
-    d.text_encoders.push_back(
-        {models::describe_clip_text(models::ClipTextConfig::from_json(te.encoder.config, te.encoder.config_label)),
-         te.encoder});
+    d.text_encoders.push_back({models::describe_clip_text(models::ClipTextConfig::from_json(
+                                   te.encoder.config, te.encoder.config_label)),
+                               te.encoder});
     const auto& text = d.text_encoders.back().model.config;
     const auto& tokenizer = te.tokenizer;
     if (tokenizer.max_length() > text.max_position_embeddings)
@@ -47,9 +47,10 @@ ModelDescription describe_model(const loaders::ModelSource& source) {
   d.vae_source = source.vae;
   const auto& unet = d.unet->config;
   if (unet.cross_attention_dim != context_width)
-    throw Error(ErrorKind::kModel,
-                fmt::format("{}: unet cross_attention_dim {} does not match the text encoders' hidden_size {}",
-                            path, unet.cross_attention_dim, context_width));
+    throw Error(
+        ErrorKind::kModel,
+        fmt::format("{}: unet cross_attention_dim {} does not match the text encoders' hidden_size {}", path,
+                    unet.cross_attention_dim, context_width));
   if (unet.in_channels != d.vae->config.latent_channels)
     throw Error(ErrorKind::kModel,
                 fmt::format("{}: unet in_channels {} does not match the vae's latent_channels {}", path,
@@ -58,19 +59,21 @@ ModelDescription describe_model(const loaders::ModelSource& source) {
     // diffusers: text_embeds come from the last text encoder's projection.
     const auto& last = d.text_encoders.back();
     if (!last.model.text_projection)
-      throw Error(ErrorKind::kModel,
-                  fmt::format("{}: the unet takes pooled text embeddings (addition_embed_type \"text_time\") but "
-                              "{} is not a CLIPTextModelWithProjection",
-                              path, last.source.config_label));
+      throw Error(
+          ErrorKind::kModel,
+          fmt::format("{}: the unet takes pooled text embeddings (addition_embed_type \"text_time\") but "
+                      "{} is not a CLIPTextModelWithProjection",
+                      path, last.source.config_label));
     const int64_t want = last.model.config.projection_dim + time_id_count(d) * unet.addition_time_embed_dim;
     if (want != unet.projection_class_embeddings_input_dim)
-      throw Error(ErrorKind::kModel,
-                  fmt::format("{}: projection_class_embeddings_input_dim {} is not the pooled width {} + {} time "
-                              "ids x {} (requires_aesthetics_score {}); a refiner given as a base model, or the "
-                              "reverse?",
-                              source.unet->config_label, unet.projection_class_embeddings_input_dim,
-                              last.model.config.projection_dim, time_id_count(d), unet.addition_time_embed_dim,
-                              d.pipeline.requires_aesthetics_score));
+      throw Error(
+          ErrorKind::kModel,
+          fmt::format("{}: projection_class_embeddings_input_dim {} is not the pooled width {} + {} time "
+                      "ids x {} (requires_aesthetics_score {}); a refiner given as a base model, or the "
+                      "reverse?",
+                      source.unet->config_label, unet.projection_class_embeddings_input_dim,
+                      last.model.config.projection_dim, time_id_count(d), unet.addition_time_embed_dim,
+                      d.pipeline.requires_aesthetics_score));
   }
   return d;
 }

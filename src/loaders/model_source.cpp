@@ -53,8 +53,8 @@ ModelSource resolve_folder(const fs::path& path, const SourceOptions& options) {
                                            {"text_encoder_2", "tokenizer_2"}}) {
     if (!folder.find(encoder)) continue;
     if (!folder.find(tokenizer))
-      throw Error(ErrorKind::kModel, fmt::format("{}: model_index.json lists {} but no {}", path.string(),
-                                                 encoder, tokenizer));
+      throw Error(ErrorKind::kModel,
+                  fmt::format("{}: model_index.json lists {} but no {}", path.string(), encoder, tokenizer));
     source.text_encoders.push_back({text::ClipTokenizer::from_folder(folder.component_dir(tokenizer)),
                                     folder_component(folder, encoder, "model", options.prefer_fp16)});
   }
@@ -74,8 +74,21 @@ ModelSource resolve_single_file(const fs::path& path, const SourceOptions& optio
   const auto file = std::make_shared<const SingleFile>(SingleFile::open(
       path, {.prediction_type = options.prediction_type, .text_encoder_only = options.text_encoder_only}));
   ModelSource source{path, path.stem().string(), {}, {}, {}, {}, {}, {}};
-  source.text_encoders.push_back(
-      {text::ClipTokenizer::builtin(file->tokenizer_config()), file_component(file, *file->text_encoder())});
+  const auto index = file->pipeline_config();
+  const std::string label = fmt::format("{} (model_index)", path.string());
+  source.pipeline.class_name = io::get_string(index, "_class_name", source.pipeline.class_name, label);
+  source.pipeline.force_zeros_for_empty_prompt =
+      io::get_bool(index, "force_zeros_for_empty_prompt", false, label);
+  source.pipeline.requires_aesthetics_score = io::get_bool(index, "requires_aesthetics_score", false, label);
+  // SDXL: ViT-L (absent in the refiner) and bigG, each with its tokenizer.
+  if (file->text_encoder())
+    source.text_encoders.push_back({text::ClipTokenizer::builtin(file->tokenizer_config()),
+                                    file_component(file, *file->text_encoder())});
+  if (file->text_encoder_2())
+    source.text_encoders.push_back({text::ClipTokenizer::builtin(file->tokenizer_2_config()),
+                                    file_component(file, *file->text_encoder_2())});
+  if (source.text_encoders.empty())
+    throw Error(ErrorKind::kModel, fmt::format("{}: no text encoder", path.string()));
   if (options.text_encoder_only) return source;
   source.unet = file_component(file, *file->unet());
   source.vae = file_component(file, *file->vae());

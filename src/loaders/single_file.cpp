@@ -30,6 +30,11 @@ constexpr const char* kUnet = "model.diffusion_model.";
 constexpr const char* kVae = "first_stage_model.";
 constexpr const char* kClip = "cond_stage_model.transformer.";
 constexpr const char* kOpenClip = "cond_stage_model.model.";
+// SDXL (Stability's generative-models layout): the conditioner's embedders, numbered in order of use.
+constexpr const char* kEmbedders = "conditioner.embedders.";
+constexpr const char* kSdxlClip = "conditioner.embedders.0.transformer.";  // base: CLIP ViT-L
+constexpr const char* kSdxlBigG = "conditioner.embedders.1.model.";        // base: OpenCLIP ViT-bigG
+constexpr const char* kRefinerBigG = "conditioner.embedders.0.model.";     // refiner: bigG alone
 
 [[noreturn]] void fail(ErrorKind kind, const fs::path& file, const std::string& message) {
   throw Error(kind, fmt::format("{}: {}", file.string(), message));
@@ -86,6 +91,16 @@ class Planner {
       s[0] /= 3;
     }
     out_.tensors[dst] = {key(src_key), std::move(s), part};
+  }
+  // A matrix stored transposed ([in, out] for a Linear's [out, in]).
+  void add_transposed(const std::string& dst, const std::string& src_key) {
+    Shape s = shape(src_key, 2);
+    out_.tensors[dst] = {key(src_key), {s[1], s[0]}, -1, true};
+  }
+  [[noreturn]] void bad_shape(const std::string& name, const std::string& expected) const {
+    fail(ErrorKind::kModel, file_,
+         fmt::format("tensor \"{}\" has shape {}, expected {}", key(name), shape_to_string(shape(name)),
+                     expected));
   }
   // weight + bias
   void add_wb(const std::string& dst, const std::string& src_key) {
@@ -149,8 +164,28 @@ struct UnetKeys {
   }
 };
 
+// SDXL's add_embedding (label_emb.0): pooled text embeddings [pooled] and `time_ids` sinusoidal embeddings
+// of the size / crop / aesthetic conditioning, side by side, into the time embedding's width.
+void plan_add_embedding(Planner& p, nlohmann::json& config, int64_t pooled, int time_ids) {
+  const std::string l1 = "label_emb.0.0.weight", l2 = "label_emb.0.2.weight";
+  const int64_t time_embed = p.shape("time_embed.0.weight", 2)[0];
+  const Shape in = p.shape(l1, 2);
+  if (in[0] != time_embed || in[1] <= pooled || (in[1] - pooled) % time_ids != 0)
+    p.bad_shape(l1, fmt::format("[{}, {} pooled text + {} time ids x their embedding width]", time_embed,
+                                pooled, time_ids));
+  if (p.shape(l2, 2) != Shape{time_embed, time_embed})
+    p.bad_shape(l2, fmt::format("[{}, {}]", time_embed, time_embed));
+  p.add_wb("add_embedding.linear_1", "label_emb.0.0");
+  p.add_wb("add_embedding.linear_2", "label_emb.0.2");
+  config["addition_embed_type"] = "text_time";
+  config["addition_embed_type_num_heads"] = 64;
+  config["addition_time_embed_dim"] = (in[1] - pooled) / time_ids;
+  config["projection_class_embeddings_input_dim"] = in[1];
+}
+
+// `pooled`: SDXL's pooled text width (text_encoder_2's projection_dim); unused otherwise.
 MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily family, bool v_pred,
-                          bool ema) {
+                          bool ema, int64_t pooled) {
   MappedComponent c{"unet", "UNet2DConditionModel", {}, {}};
   Planner p(src, file, c, UnetKeys{ema});
   const auto k = [](const std::string& key) { return key; };  // the planner maps to the checkpoint's keys
@@ -170,8 +205,18 @@ MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily
     widths.push_back(p.shape(k(first + ".0.out_layers.3.weight"), 4)[0]);
     attn.push_back(p.has(k(first + ".1.proj_in.weight")));
     depth.push_back(attn.back() ? p.count(k(first + ".1.transformer_blocks."), ".norm1.weight") : 0);
+    if (attn.back() && depth.back() == 0) p.missing(k(first + ".1.transformer_blocks.0.norm1.weight"));
   }
   const std::string mid_attn = "middle_block.1";
+  const int mid_depth = p.count(k(mid_attn + ".transformer_blocks."), ".norm1.weight");
+  if (mid_depth == 0) p.missing(k(mid_attn + ".transformer_blocks.0.norm1.weight"));
+  // diffusers builds the mid block with the last block's transformer_layers_per_block: a last block without
+  // attention (the SDXL refiner's) carries the mid block's depth; one with attention must agree with it.
+  if (attn.back() && depth.back() != mid_depth)
+    fail(ErrorKind::kUnsupported, file,
+         fmt::format("the mid block has {} transformer layers and the last down block {}: diffusers' "
+                     "UNet2DConditionModel cannot express that",
+                     mid_depth, depth.back()));
   const Shape proj_in = p.shape(k(mid_attn + ".proj_in.weight"));
   const bool linear = proj_in.size() == 2;
   const int64_t context = p.shape(k(mid_attn + ".transformer_blocks.0.attn2.to_k.weight"), 2)[1];
@@ -195,8 +240,7 @@ MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily
                k(fmt::format("input_blocks.{}.0.op", i++)));
   }
   plan_unet_resnet(p, "mid_block.resnets.0", k("middle_block.0"));
-  plan_transformer(p, "mid_block.attentions.0", k(mid_attn),
-                   p.count(k(mid_attn + ".transformer_blocks."), ".norm1.weight"));
+  plan_transformer(p, "mid_block.attentions.0", k(mid_attn), mid_depth);
   plan_unet_resnet(p, "mid_block.resnets.1", k("middle_block.2"));
   i = 0;
   for (int b = 0; b < blocks; ++b) {
@@ -220,8 +264,11 @@ MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily
   for (int b = blocks - 1; b >= 0; --b) up_types.push_back(attn[b] ? "CrossAttnUpBlock2D" : "UpBlock2D");
   nlohmann::json head_json = nlohmann::json(heads);
   if (family == SdFamily::kSd1) head_json = 8;  // SD 1.x configs hold one int
-  std::vector<int64_t> tdepth(depth.begin(), depth.end());
-  for (auto& d : tdepth) d = std::max<int64_t>(d, 1);
+  std::vector<int64_t> tdepth;
+  for (int b = 0; b < blocks; ++b) tdepth.push_back(attn[b] ? depth[b] : 1);
+  tdepth.back() = mid_depth;
+  const bool sdxl = is_sdxl(family);
+  const int64_t sample_size = sdxl ? 128 : family == SdFamily::kSd2 && v_pred ? 96 : 64;  // latent pixels
   c.config = {{"_class_name", "UNet2DConditionModel"},
               {"act_fn", "silu"},
               {"attention_head_dim", head_json},
@@ -241,11 +288,12 @@ MappedComponent plan_unet(const WeightStore& src, const fs::path& file, SdFamily
               {"norm_num_groups", norm_groups(widths)},
               {"only_cross_attention", false},
               {"out_channels", p.shape(k("out.2.weight"), 4)[0]},
-              {"sample_size", family == SdFamily::kSd2 && v_pred ? 96 : 64},
+              {"sample_size", sample_size},
               {"transformer_layers_per_block", tdepth},
               {"up_block_types", up_types},
               {"upcast_attention", family == SdFamily::kSd2 && v_pred},
               {"use_linear_projection", linear}};
+  if (sdxl) plan_add_embedding(p, c.config, pooled, family == SdFamily::kSdxl ? 6 : 5);
   return c;
 }
 
@@ -267,7 +315,7 @@ void plan_vae_mid(Planner& p, const std::string& dst, const std::string& src) {
 }
 
 nlohmann::json vae_config(const std::vector<int64_t>& widths, int64_t layers, int64_t in, int64_t out,
-                          int64_t latent, int64_t sample_size) {
+                          int64_t latent, int64_t sample_size, double scaling_factor = 0.18215) {
   return {{"_class_name", "AutoencoderKL"},
           {"act_fn", "silu"},
           {"block_out_channels", widths},
@@ -278,12 +326,12 @@ nlohmann::json vae_config(const std::vector<int64_t>& widths, int64_t layers, in
           {"norm_num_groups", norm_groups(widths)},
           {"out_channels", out},
           {"sample_size", sample_size},
-          {"scaling_factor", 0.18215},
+          {"scaling_factor", scaling_factor},
           {"up_block_types", std::vector<std::string>(widths.size(), "UpDecoderBlock2D")}};
 }
 
 MappedComponent plan_vae(const WeightStore& src, const fs::path& file, const std::string& pre,
-                         int64_t sample_size) {
+                         int64_t sample_size, double scaling_factor = 0.18215) {
   MappedComponent c{"vae", "AutoencoderKL", {}, {}};
   Planner p(src, file, c);
   const Shape conv_in = p.shape(pre + "encoder.conv_in.weight", 4);
@@ -321,7 +369,7 @@ MappedComponent plan_vae(const WeightStore& src, const fs::path& file, const std
   if (p.has(pre + "post_quant_conv.weight")) p.add_wb("post_quant_conv", pre + "post_quant_conv");
   const int64_t latent = p.shape(pre + "decoder.conv_in.weight", 4)[1];
   c.config = vae_config(widths, layers, conv_in[1], p.shape(pre + "decoder.conv_out.weight", 4)[0], latent,
-                        sample_size);
+                        sample_size, scaling_factor);
   c.config["use_quant_conv"] = c.tensors.count("quant_conv.weight") != 0;
   c.config["use_post_quant_conv"] = c.tensors.count("post_quant_conv.weight") != 0;
   return c;
@@ -375,12 +423,14 @@ void plan_clip_layer(Planner& p, const std::string& dst, const std::string& src)
     p.add_wb(dst + n, src + n);
 }
 
-// SD 1.x: transformers' CLIPTextModel under cond_stage_model.transformer.[text_model.]
-MappedComponent plan_clip(const WeightStore& src, const fs::path& file) {
+// SD 1.x / SDXL base: transformers' CLIPTextModel under <prefix>[text_model.], every layer kept.
+MappedComponent plan_clip(const WeightStore& src, const fs::path& file, const std::string& prefix) {
   MappedComponent c{"text_encoder", "CLIPTextModel", {}, {}};
   Planner p(src, file, c);
-  std::string s = std::string(kClip) + "text_model.";
-  if (!p.has(s + "embeddings.token_embedding.weight")) s = kClip;  // very old checkpoints
+  std::string s = prefix + "text_model.";
+  // Very old checkpoints lack "text_model."; a missing encoder is reported under the usual names.
+  if (!p.has(s + "embeddings.token_embedding.weight") && p.has(prefix + "embeddings.token_embedding.weight"))
+    s = prefix;
   const Shape tok = p.shape(s + "embeddings.token_embedding.weight", 2);
   const int layers = p.count(s + "encoder.layers.", ".layer_norm1.weight");
   p.add("text_model.embeddings.token_embedding.weight", s + "embeddings.token_embedding.weight");
@@ -395,15 +445,21 @@ MappedComponent plan_clip(const WeightStore& src, const fs::path& file) {
   return c;
 }
 
-// SD 2.x: OpenCLIP's text tower; q/k/v fused in attn.in_proj_*, the last resblock unused (penultimate layer).
-MappedComponent plan_open_clip(const WeightStore& src, const fs::path& file) {
-  MappedComponent c{"text_encoder", "CLIPTextModel", {}, {}};
+// OpenCLIP's text tower (q/k/v fused in attn.in_proj_*). SD 2.x: CLIPTextModel without the last resblock
+// (SD 2.x conditions on the penultimate layer). SDXL's bigG: CLIPTextModelWithProjection ("text_encoder_2"),
+// every resblock kept, and text_projection ([hidden, projection], applied as x @ P) as the Linear's weight.
+MappedComponent plan_open_clip(const WeightStore& src, const fs::path& file, const std::string& prefix,
+                               bool sdxl) {
+  MappedComponent c{sdxl ? "text_encoder_2" : "text_encoder",
+                    sdxl ? "CLIPTextModelWithProjection" : "CLIPTextModel",
+                    {},
+                    {}};
   Planner p(src, file, c);
-  const std::string s = kOpenClip;
+  const std::string& s = prefix;
   const Shape tok = p.shape(s + "token_embedding.weight", 2);
   const int blocks = p.count(s + "transformer.resblocks.", ".ln_1.weight");
-  if (blocks < 2) p.missing(s + "transformer.resblocks.1.ln_1.weight");
-  const int layers = blocks - 1;
+  if (blocks < (sdxl ? 1 : 2)) p.missing(fmt::format("{}transformer.resblocks.{}.ln_1.weight", s, blocks));
+  const int layers = sdxl ? blocks : blocks - 1;
   p.add("text_model.embeddings.token_embedding.weight", s + "token_embedding.weight");
   p.add("text_model.embeddings.position_embedding.weight", s + "positional_embedding");
   for (int l = 0; l < layers; ++l) {
@@ -422,9 +478,18 @@ MappedComponent plan_open_clip(const WeightStore& src, const fs::path& file) {
   }
   p.add_wb("text_model.final_layer_norm", s + "ln_final");
   const int64_t inner = p.shape(s + "transformer.resblocks.0.mlp.c_fc.weight", 2)[0];
-  const int64_t projection = p.has(s + "text_projection") ? p.shape(s + "text_projection", 2)[1] : tok[1];
+  int64_t projection = tok[1];
+  if (sdxl) {
+    if (p.shape(s + "text_projection", 2)[0] != tok[1])
+      p.bad_shape(s + "text_projection", fmt::format("[{}, projection width]", tok[1]));
+    p.add_transposed("text_projection.weight", s + "text_projection");
+    projection = c.tensors.at("text_projection.weight").shape[0];
+  } else if (p.has(s + "text_projection")) {
+    projection = p.shape(s + "text_projection", 2)[1];
+  }
   c.config = clip_config(tok[0], tok[1], inner, layers, p.shape(s + "positional_embedding", 2)[0], "gelu",
                          projection);
+  if (sdxl) c.config["architectures"] = {"CLIPTextModelWithProjection"};
   return c;
 }
 
@@ -524,7 +589,21 @@ size_t count_prefix(const std::vector<std::string>& names, const std::string& pr
 }  // namespace
 
 const char* sd_family_name(SdFamily family) {
-  return family == SdFamily::kSd1 ? "SD 1.x" : "SD 2.x";
+  switch (family) {
+    case SdFamily::kSd1:
+      return "SD 1.x";
+    case SdFamily::kSd2:
+      return "SD 2.x";
+    case SdFamily::kSdxl:
+      return "SDXL";
+    case SdFamily::kSdxlRefiner:
+      return "SDXL refiner";
+  }
+  return "?";
+}
+
+bool is_sdxl(SdFamily family) {
+  return family == SdFamily::kSdxl || family == SdFamily::kSdxlRefiner;
 }
 
 int64_t MappedComponent::parameter_count() const {
@@ -544,19 +623,24 @@ SingleFile SingleFile::open(const fs::path& path, const SingleFileOptions& optio
   f.source_ = std::make_shared<const WeightStore>(WeightStore::open(path));
   const WeightStore& src = *f.source_;
   const bool has_clip = has_prefix(src, kClip), has_open_clip = has_prefix(src, kOpenClip);
+  const bool has_embedders = has_prefix(src, kEmbedders);
   const bool has_unet = src.contains(std::string(kUnet) + "input_blocks.0.0.weight");
-  if (!has_clip && !has_open_clip && !has_unet) {
-    const bool sdxl = has_prefix(src, "conditioner.embedders.");
-    fail(sdxl ? ErrorKind::kUnsupported : ErrorKind::kFormat, path,
-         sdxl ? "an SDXL checkpoint (conditioner.embedders.*): only SD 1.x / 2.x single files are supported"
-              : "not an SD 1.x / 2.x checkpoint in the original layout (no model.diffusion_model.* or "
-                "cond_stage_model.* tensors)");
-  }
-  if (has_open_clip) {
+  if (!has_clip && !has_open_clip && !has_embedders && !has_unet)
+    fail(ErrorKind::kFormat, path,
+         "not an SD 1.x / 2.x / XL checkpoint in the original layout (no model.diffusion_model.*, "
+         "cond_stage_model.* or conditioner.embedders.* tensors)");
+  // The text encoders tell the family; the refiner's bigG is its first (only) embedder.
+  if (has_embedders) {
+    f.family_ = has_prefix(src, kRefinerBigG) ? SdFamily::kSdxlRefiner : SdFamily::kSdxl;
+  } else if (has_open_clip) {
     f.family_ = SdFamily::kSd2;
   } else if (!has_clip && has_unet) {
-    const auto proj = src.info(std::string(kUnet) + "middle_block.1.proj_in.weight").shape;
-    f.family_ = proj.size() == 2 ? SdFamily::kSd2 : SdFamily::kSd1;
+    if (src.contains(std::string(kUnet) + "label_emb.0.0.weight")) {
+      f.family_ = SdFamily::kSdxl;
+    } else {
+      const auto proj = src.info(std::string(kUnet) + "middle_block.1.proj_in.weight").shape;
+      f.family_ = proj.size() == 2 ? SdFamily::kSd2 : SdFamily::kSd1;
+    }
   }
   // Prediction type: the option, else the sidecar yaml, else epsilon.
   if (options.prediction_type) {
@@ -570,10 +654,26 @@ SingleFile SingleFile::open(const fs::path& path, const SingleFileOptions& optio
       f.prediction_source_ = yaml.string();
     }
   }
-  if (f.family_ == SdFamily::kSd1 ? !has_clip : !has_open_clip)
-    fail(ErrorKind::kModel, path,
-         fmt::format("no text encoder ({}* tensors)", f.family_ == SdFamily::kSd1 ? kClip : kOpenClip));
-  f.text_encoder_ = f.family_ == SdFamily::kSd1 ? plan_clip(src, path) : plan_open_clip(src, path);
+  switch (f.family_) {
+    case SdFamily::kSd1:
+    case SdFamily::kSd2:
+      if (f.family_ == SdFamily::kSd1 ? !has_clip : !has_open_clip)
+        fail(ErrorKind::kModel, path,
+             fmt::format("no text encoder ({}* tensors)", f.family_ == SdFamily::kSd1 ? kClip : kOpenClip));
+      f.text_encoder_ = f.family_ == SdFamily::kSd1 ? plan_clip(src, path, kClip)
+                                                    : plan_open_clip(src, path, kOpenClip, false);
+      break;
+    case SdFamily::kSdxl:
+      if (!has_embedders)
+        fail(ErrorKind::kModel, path,
+             fmt::format("an SDXL UNet without text encoders ({}* tensors)", kEmbedders));
+      f.text_encoder_ = plan_clip(src, path, kSdxlClip);
+      f.text_encoder_2_ = plan_open_clip(src, path, kSdxlBigG, true);
+      break;
+    case SdFamily::kSdxlRefiner:
+      f.text_encoder_2_ = plan_open_clip(src, path, kRefinerBigG, true);
+      break;
+  }
   if (options.text_encoder_only) return f;
   if (!has_unet)
     fail(ErrorKind::kModel, path, fmt::format("missing tensor \"{}input_blocks.0.0.weight\"", kUnet));
@@ -581,8 +681,15 @@ SingleFile SingleFile::open(const fs::path& path, const SingleFileOptions& optio
   const auto names = src.names();
   f.uses_ema_ = options.prefer_ema && count_prefix(names, "model_ema.") > 100;
   const bool v_pred = f.prediction_type_ == "v_prediction";
-  f.unet_ = plan_unet(src, path, f.family_, v_pred, f.uses_ema_);
-  f.vae_ = plan_vae(src, path, kVae, f.family_ == SdFamily::kSd2 && v_pred ? 768 : 512);
+  const bool sdxl = is_sdxl(f.family_);
+  const int64_t pooled = sdxl ? f.text_encoder_2_->config.at("projection_dim").get<int64_t>() : 0;
+  f.unet_ = plan_unet(src, path, f.family_, v_pred, f.uses_ema_, pooled);
+  if (sdxl) {
+    f.vae_ = plan_vae(src, path, kVae, 1024, 0.13025);
+    f.vae_->config["force_upcast"] = true;  // SDXL's VAE overflows in fp16
+  } else {
+    f.vae_ = plan_vae(src, path, kVae, f.family_ == SdFamily::kSd2 && v_pred ? 768 : 512);
+  }
   return f;
 }
 
@@ -605,7 +712,30 @@ SingleFile SingleFile::open_vae(const fs::path& path) {
   return f;
 }
 
+std::vector<const MappedComponent*> SingleFile::components() const {
+  std::vector<const MappedComponent*> out;
+  for (const auto* c : {&text_encoder_, &text_encoder_2_, &unet_, &vae_})
+    if (c->has_value()) out.push_back(&**c);
+  return out;
+}
+
 nlohmann::json SingleFile::scheduler_config() const {
+  if (is_sdxl(family_))  // SDXL 1.0 base's and refiner's scheduler_config.json
+    return {{"_class_name", "EulerDiscreteScheduler"},
+            {"beta_end", 0.012},
+            {"beta_schedule", "scaled_linear"},
+            {"beta_start", 0.00085},
+            {"clip_sample", false},
+            {"interpolation_type", "linear"},
+            {"num_train_timesteps", 1000},
+            {"prediction_type", prediction_type_},
+            {"sample_max_value", 1.0},
+            {"set_alpha_to_one", false},
+            {"skip_prk_steps", true},
+            {"steps_offset", 1},
+            {"timestep_spacing", "leading"},
+            {"trained_betas", nullptr},
+            {"use_karras_sigmas", false}};
   return {{"_class_name", "PNDMScheduler"},
           {"beta_end", 0.012},
           {"beta_schedule", "scaled_linear"},
@@ -620,9 +750,30 @@ nlohmann::json SingleFile::scheduler_config() const {
           {"trained_betas", nullptr}};
 }
 
+nlohmann::json SingleFile::pipeline_config() const {
+  switch (family_) {
+    case SdFamily::kSdxl:
+      return {{"_class_name", "StableDiffusionXLPipeline"},
+              {"force_zeros_for_empty_prompt", true},
+              {"requires_aesthetics_score", false}};
+    case SdFamily::kSdxlRefiner:
+      return {{"_class_name", "StableDiffusionXLImg2ImgPipeline"},
+              {"force_zeros_for_empty_prompt", false},
+              {"requires_aesthetics_score", true}};
+    default:
+      return {{"_class_name", "StableDiffusionPipeline"}};
+  }
+}
+
 text::ClipTokenizerConfig SingleFile::tokenizer_config() const {
   text::ClipTokenizerConfig c;
-  c.pad_token = family_ == SdFamily::kSd1 ? "<|endoftext|>" : "!";
+  c.pad_token = family_ == SdFamily::kSd2 ? "!" : "<|endoftext|>";
+  return c;
+}
+
+text::ClipTokenizerConfig SingleFile::tokenizer_2_config() const {
+  text::ClipTokenizerConfig c;
+  c.pad_token = "!";
   return c;
 }
 
@@ -647,7 +798,17 @@ std::map<std::string, Tensor> SingleFile::load(const MappedComponent& component)
       fail(ErrorKind::kUnsupported, path_,
            fmt::format("tensor \"{}\" has dtype {} (F32, F16 or BF16 expected)", m.source, info.dtype));
     Tensor t = source_->load(m.source, *dtype);
-    if (m.part >= 0) {  // one third of a fused projection along dim 0
+    if (m.transpose) {  // [a, b] stored -> [b, a]
+      Tensor transposed(m.shape, *dtype);
+      const size_t rows = static_cast<size_t>(m.shape[1]), cols = static_cast<size_t>(m.shape[0]);
+      const size_t elem = dtype_size(*dtype);
+      const auto* from = static_cast<const std::byte*>(t.raw_data());
+      auto* to = static_cast<std::byte*>(transposed.raw_data());
+      for (size_t r = 0; r < rows; ++r)
+        for (size_t c = 0; c < cols; ++c)
+          std::memcpy(to + (c * rows + r) * elem, from + (r * cols + c) * elem, elem);
+      t = std::move(transposed);
+    } else if (m.part >= 0) {  // one third of a fused projection along dim 0
       Tensor slice(m.shape, *dtype);
       const size_t bytes = slice.nbytes();
       std::memcpy(slice.raw_data(), static_cast<const std::byte*>(t.raw_data()) + bytes * m.part, bytes);
@@ -739,37 +900,52 @@ void write_tokenizer_folder(const fs::path& dir, const std::string& pad_token) {
 }  // namespace
 
 void convert_to_diffusers(const SingleFile& file, const fs::path& output) {
-  if (!file.text_encoder() || !file.unet() || !file.vae())
+  const bool sdxl = is_sdxl(file.family());
+  const bool refiner = file.family() == SdFamily::kSdxlRefiner;
+  if ((!file.text_encoder() && !refiner) || (sdxl && !file.text_encoder_2()) || !file.unet() || !file.vae())
     fail(ErrorKind::kInvalidArgument, file.path(),
          "convert needs a whole checkpoint (text encoder, UNet, VAE)");
   // Everything is written into a temporary sibling folder renamed to `output` at the end: an error or an
   // interruption (io/interrupt.h) removes it, so a half-written model folder is never left behind.
   io::TemporaryFolder folder(output);
   const fs::path& dir = folder.path();
-  const auto write_component = [&](const MappedComponent& c, const std::string& stem) {
+  nlohmann::json index = file.pipeline_config();
+  index["_diffusers_version"] = "0.30.0";
+  if (sdxl) {
+    if (!refiner)
+      index.erase("requires_aesthetics_score");  // StableDiffusionXLPipeline takes no such argument
+  } else {
+    index["feature_extractor"] = {nullptr, nullptr};
+    index["requires_safety_checker"] = false;
+    index["safety_checker"] = {nullptr, nullptr};
+  }
+  for (const auto* c : file.components()) {
     io::throw_if_interrupted(output.string());
-    fs::create_directories(dir / c.name);
-    write_file_atomically(dir / c.name / "config.json", c.config.dump(2));
-    const auto tensors = file.load(c);
+    fs::create_directories(dir / c->name);
+    write_file_atomically(dir / c->name / "config.json", c->config.dump(2));
+    const auto tensors = file.load(*c);
     io::throw_if_interrupted(output.string());
-    write_safetensors(dir / c.name / (stem + ".safetensors"), tensors);
-  };
-  write_component(*file.text_encoder(), "model");
-  write_component(*file.unet(), "diffusion_pytorch_model");
-  write_component(*file.vae(), "diffusion_pytorch_model");
+    const bool transformers = c->name.starts_with("text_encoder");
+    write_safetensors(
+        dir / c->name / (transformers ? "model.safetensors" : "diffusion_pytorch_model.safetensors"),
+        tensors);
+    index[c->name] = {transformers ? "transformers" : "diffusers", c->class_name};
+  }
   fs::create_directories(dir / "scheduler");
-  write_file_atomically(dir / "scheduler" / "scheduler_config.json", file.scheduler_config().dump(2));
-  write_tokenizer_folder(dir / "tokenizer", file.tokenizer_config().pad_token);
-  const nlohmann::json index = {{"_class_name", "StableDiffusionPipeline"},
-                                {"_diffusers_version", "0.30.0"},
-                                {"feature_extractor", {nullptr, nullptr}},
-                                {"requires_safety_checker", false},
-                                {"safety_checker", {nullptr, nullptr}},
-                                {"scheduler", {"diffusers", "PNDMScheduler"}},
-                                {"text_encoder", {"transformers", "CLIPTextModel"}},
-                                {"tokenizer", {"transformers", "CLIPTokenizer"}},
-                                {"unet", {"diffusers", "UNet2DConditionModel"}},
-                                {"vae", {"diffusers", "AutoencoderKL"}}};
+  const auto scheduler = file.scheduler_config();
+  write_file_atomically(dir / "scheduler" / "scheduler_config.json", scheduler.dump(2));
+  index["scheduler"] = {"diffusers", scheduler.at("_class_name")};
+  // The refiner has neither text_encoder nor tokenizer: null entries, as diffusers writes them.
+  if (file.text_encoder()) {
+    write_tokenizer_folder(dir / "tokenizer", file.tokenizer_config().pad_token);
+    index["tokenizer"] = {"transformers", "CLIPTokenizer"};
+  } else {
+    index["text_encoder"] = index["tokenizer"] = {nullptr, nullptr};
+  }
+  if (sdxl) {
+    write_tokenizer_folder(dir / "tokenizer_2", file.tokenizer_2_config().pad_token);
+    index["tokenizer_2"] = {"transformers", "CLIPTokenizer"};
+  }
   write_file_atomically(dir / "model_index.json", index.dump(2));
   folder.commit();
 }

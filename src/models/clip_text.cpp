@@ -94,7 +94,8 @@ ClipTextDescription describe_clip_text(const ClipTextConfig& config) {
                         {p + "mlp.fc2", I, D}});
   }
   d.final_layer_norm = {"final_layer_norm", D, eps};
-  if (config.with_projection) d.text_projection = LinearSpec{"text_projection", D, config.projection_dim, false};
+  if (config.with_projection)
+    d.text_projection = LinearSpec{"text_projection", D, config.projection_dim, false};
   return d;
 }
 

@@ -123,7 +123,8 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j, const std::string& wha
   if (const auto it = j.find("addition_embed_type"); it != j.end() && *it == "text_time") {
     c.text_time_embedding = true;
     c.addition_time_embed_dim = io::get_int(j, "addition_time_embed_dim", 0, what);
-    c.projection_class_embeddings_input_dim = io::get_int(j, "projection_class_embeddings_input_dim", 0, what);
+    c.projection_class_embeddings_input_dim =
+        io::get_int(j, "projection_class_embeddings_input_dim", 0, what);
   }
 
   for (size_t i = 0; i < blocks; ++i) {
@@ -213,10 +214,11 @@ Tensor text_time_add_embeds(const UNetConfig& c, const Tensor& text_embeds, cons
   const int64_t B = text_embeds.dim(0), P = text_embeds.dim(1), n = time_ids.dim(1);
   const int64_t T = c.addition_time_embed_dim, width = P + n * T;
   if (width != c.projection_class_embeddings_input_dim)
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("SDXL conditioning: {} pooled text features + {} time ids x {} = {}, but the unet's "
-                            "add_embedding takes projection_class_embeddings_input_dim = {}",
-                            P, n, T, width, c.projection_class_embeddings_input_dim));
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("SDXL conditioning: {} pooled text features + {} time ids x {} = {}, but the unet's "
+                    "add_embedding takes projection_class_embeddings_input_dim = {}",
+                    P, n, T, width, c.projection_class_embeddings_input_dim));
   const Tensor te = text_embeds.to(DType::kF32), ids = time_ids.to(DType::kF32);
   Tensor out({B, width}, DType::kF32);
   for (int64_t b = 0; b < B; ++b) {
@@ -295,8 +297,8 @@ UNetDescription describe_unet(const UNetConfig& c) {
   d.time_linear_1 = {"time_embedding.linear_1", c0, d.time_embed_dim, true};
   d.time_linear_2 = {"time_embedding.linear_2", d.time_embed_dim, d.time_embed_dim, true};
   if (c.text_time_embedding) {
-    d.add_linear_1 = LinearSpec{"add_embedding.linear_1", c.projection_class_embeddings_input_dim,
-                                d.time_embed_dim, true};
+    d.add_linear_1 =
+        LinearSpec{"add_embedding.linear_1", c.projection_class_embeddings_input_dim, d.time_embed_dim, true};
     d.add_linear_2 = LinearSpec{"add_embedding.linear_2", d.time_embed_dim, d.time_embed_dim, true};
   }
   d.conv_in = Conv2dSpec::same("conv_in", c.in_channels, c0, 3);

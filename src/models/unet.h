@@ -113,7 +113,7 @@ struct UNetDescription {
   //   add_embeds [B, P] = text_embeds [B, P - n·T] ‖ timestep_embedding(time_ids[b][k], T) for k < n
   //   emb += linear_2(silu(linear_1(add_embeds)))                        P -> 4·C0 -> 4·C0
   std::optional<LinearSpec> add_linear_1, add_linear_2;
-  Conv2dSpec conv_in;          // in -> C0
+  Conv2dSpec conv_in;  // in -> C0
   std::vector<ResnetSpec> resnets;
   std::vector<Transformer2DSpec> transformers;
   std::vector<Conv2dSpec> downsamplers, upsamplers;
@@ -128,8 +128,8 @@ struct UNetDescription {
 // The description of the UNet `config` defines (keys are diffusers' names).
 UNetDescription describe_unet(const UNetConfig& config);
 
-// SDXL's add_embeds [B, P] from the pooled text embeddings [B, P - n·T] and the time ids [B, n] (original size,
-// crop, target size or aesthetic score): diffusers' concat of text_embeds with add_time_proj(time_ids).
+// SDXL's add_embeds [B, P] from the pooled text embeddings [B, P - n·T] and the time ids [B, n] (original
+// size, crop, target size or aesthetic score): diffusers' concat of text_embeds with add_time_proj(time_ids).
 // Throws kInvalidArgument when the widths do not add up to the UNet's projection_class_embeddings_input_dim.
 Tensor text_time_add_embeds(const UNetConfig& config, const Tensor& text_embeds, const Tensor& time_ids);
 

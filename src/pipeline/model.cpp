@@ -65,8 +65,16 @@ Model Model::load(const std::filesystem::path& path, const LoadOptions& options)
                                               .vae = options.vae,
                                               .prefer_fp16 = device == Device::kCuda});
   const engines::ModelDescription description = engines::describe_model(source);
-  auto impl = std::unique_ptr<Impl>(new Impl{source.path, source.name, {}, source.pipeline,
-                                             engines::time_id_count(description), {}, {}, {}, {}, {}});
+  auto impl = std::unique_ptr<Impl>(new Impl{source.path,
+                                             source.name,
+                                             {},
+                                             source.pipeline,
+                                             engines::time_id_count(description),
+                                             {},
+                                             {},
+                                             {},
+                                             {},
+                                             {}});
   for (auto& te : source.text_encoders) impl->tokenizers.push_back(std::move(te.tokenizer));
   if (description.unet) {
     impl->unet_config = description.unet->config;

@@ -42,9 +42,10 @@ bool refiner_model(const Model::Impl& m) {
 
 void check_switch(double switch_at) {
   if (!(switch_at > 0.0 && switch_at < 1.0))
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("refiner switch {} must be between 0 and 1 (the fraction of the steps the base runs)",
-                            switch_at));
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("refiner switch {} must be between 0 and 1 (the fraction of the steps the base runs)",
+                    switch_at));
 }
 
 int64_t vae_factor(const Model::Impl& m) {
@@ -107,14 +108,18 @@ void validate_options(const GenerateOptions& o) {
   validate_prompt(o.prompt, "prompt");
   validate_prompt(o.negative_prompt, "negative prompt");
   // SDXL's size conditioning: pixel counts (0 for the default) and a crop offset inside them.
-  for (const auto& [name, v] : {std::pair{"original_width", o.original_width}, {"original_height", o.original_height},
-                                {"target_width", o.target_width}, {"target_height", o.target_height},
-                                {"crop_left", o.crop_left}, {"crop_top", o.crop_top}})
+  for (const auto& [name, v] : {std::pair{"original_width", o.original_width},
+                                {"original_height", o.original_height},
+                                {"target_width", o.target_width},
+                                {"target_height", o.target_height},
+                                {"crop_left", o.crop_left},
+                                {"crop_top", o.crop_top}})
     if (v < 0 || v > kMaxImageSize)
       invalid(fmt::format("{} {} must be an integer from 0 to {}", name, v, kMaxImageSize));
   for (const auto& [name, v] : {std::pair{"aesthetic_score", o.aesthetic_score},
                                 {"negative_aesthetic_score", o.negative_aesthetic_score}})
-    if (!std::isfinite(v) || std::abs(v) > 1000.0) invalid(fmt::format("{} {} must be a finite number", name, v));
+    if (!std::isfinite(v) || std::abs(v) > 1000.0)
+      invalid(fmt::format("{} {} must be a finite number", name, v));
 }
 
 namespace {
@@ -216,7 +221,8 @@ Tensor concat_features(const std::vector<Tensor>& parts) {
   for (const Tensor& p : parts) {
     const int64_t d = p.dim(2);
     for (int64_t s = 0; s < S; ++s)
-      std::memcpy(out.data<float>() + s * D + at, p.data<float>() + s * d, static_cast<size_t>(d) * sizeof(float));
+      std::memcpy(out.data<float>() + s * D + at, p.data<float>() + s * d,
+                  static_cast<size_t>(d) * sizeof(float));
     at += d;
   }
   return out;
@@ -292,6 +298,12 @@ Conditioning Model::encode_conditioning(const GenerateOptions& options) const {
 
 Sampling Model::prepare_latents(const GenerateOptions& options) const {
   const auto& m = require_generation(*impl_);
+  if (refiner_model(m))
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("{} is an SDXL refiner (it refines a base model's latents): give it as the refiner "
+                    "of an SDXL base model (--refiner)",
+                    impl_->path.string()));
   const GenerateOptions o = resolve(options);
   const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
                                         : schedulers::parse_scheduler_name(o.scheduler);
@@ -321,10 +333,12 @@ Tensor Model::denoise(Sampling& sampling, const Conditioning& conditioning, doub
   Tensor add_embeds;
   if (m.unet_config->text_time_embedding) {
     if (conditioning.text_embeds.empty() || conditioning.time_ids.empty())
-      throw Error(ErrorKind::kInvalidArgument,
-                  "an SDXL model is conditioned on pooled text embeddings and time ids as well as the context "
-                  "(Model::encode_conditioning)");
-    add_embeds = models::text_time_add_embeds(*m.unet_config, conditioning.text_embeds, conditioning.time_ids);
+      throw Error(
+          ErrorKind::kInvalidArgument,
+          "an SDXL model is conditioned on pooled text embeddings and time ids as well as the context "
+          "(Model::encode_conditioning)");
+    add_embeds =
+        models::text_time_add_embeds(*m.unet_config, conditioning.text_embeds, conditioning.time_ids);
   }
   auto& s = *sampling.state_;
   const int first = static_cast<int>(s.first_step), total = static_cast<int>(s.end_step - s.first_step);
@@ -365,11 +379,6 @@ Image Model::decode_latents(const Tensor& latents) const {
 }
 
 Image Model::txt2img(const GenerateOptions& options, const StepCallback& on_step, StageTimes* times) const {
-  if (refiner_model(*impl_))
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("{} is an SDXL refiner (it refines a base model's latents): give it as the refiner "
-                            "of an SDXL base model",
-                            impl_->path.string()));
   const GenerateOptions o = resolve(options);
   StageTimes t;
   auto start = Clock::now();
@@ -474,8 +483,9 @@ Image Model::txt2img(const GenerateOptions& options, const Model& refiner, doubl
   start = Clock::now();
   const int base_steps = sampling.steps();
   const auto refiner_schedule = loop_scheduler(*refiner.impl_, o);
-  const int refiner_steps = static_cast<int>(refiner_schedule->timesteps().size() -
-                                             refiner_first_step(*refiner.impl_, *refiner_schedule, switch_at));
+  const int refiner_steps =
+      static_cast<int>(refiner_schedule->timesteps().size() -
+                       refiner_first_step(*refiner.impl_, *refiner_schedule, switch_at));
   const auto progress = [&](int offset) -> StepCallback {  // one count over both loops
     if (!on_step) return nullptr;
     return [&, offset](int done, int) { return on_step(offset + done, base_steps + refiner_steps); };

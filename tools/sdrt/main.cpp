@@ -139,6 +139,8 @@ struct Txt2ImgArgs {
   std::optional<std::string> seed;
   std::optional<int> width, height;  // unset: the model's default (an explicit 0 is an error)
   std::string original_size, crop_top_left, target_size;  // SDXL: "W,H", "X,Y", "W,H"
+  std::string refiner;                                    // SDXL refiner model (folder or file)
+  double refiner_switch = 0.8;                            // the fraction of the steps the base runs
   sdrt::GenerateOptions options;
 };
 
@@ -230,9 +232,40 @@ std::pair<int, int> parse_pair(const std::string& flag, const std::string& text,
   return {v[0], v[1]};
 }
 
+// txt2img with an SDXL refiner: the base's steps up to --refiner-switch, then the refiner's (one progress
+// bar over both), decoded by the refiner's VAE.
+int run_refined(Txt2ImgArgs& args, const sdrt::Model& model, sdrt::LoadOptions load) {
+  load.vae.clear();  // --vae replaces the base's VAE; the refiner decodes with its own
+  const auto refiner = timed_load_model(args.refiner, /*text_encoder_only=*/false, load);
+  print_model_warnings(refiner);
+  auto& o = args.options;
+  o = model.resolve(o);
+  warn_dropped_tokens(model, o.prompt, "prompt", stdout);
+  sdrt::StageTimes times;
+  sdrt::Image image;
+  {
+    ProgressBar progress;
+    image = model.txt2img(o, refiner, args.refiner_switch, std::ref(progress), &times);
+  }
+  for (const auto& [stage, seconds] : {std::pair{"encode_prompt", times.encode_prompt},
+                                       {"prepare_latents", times.prepare_latents},
+                                       {"unet_infer", times.unet_infer},
+                                       {"decode_latents", times.decode_latents}})
+    fmt::print("Function {} took {:.4f} seconds to execute\n", stage, seconds);
+  check_interrupt();
+  std::string parameters = model.parameters_text(o);
+  parameters += fmt::format(", Refiner: {}, Refiner switch at: {}",
+                            std::filesystem::path(args.refiner).filename().string(), args.refiner_switch);
+  sdrt::write_png(args.output, image, {{"parameters", parameters}});
+  fmt::print("wrote {}x{} image to {} (seed {})\n", image.width, image.height, args.output, o.seed);
+  return 0;
+}
+
 int run_txt2img(Txt2ImgArgs args) {
   // Before any work: the output is writable and is none of the files this run reads.
-  sdrt::check_output_path(args.output, {args.model, args.vae, args.init_noise});
+  sdrt::check_output_path(args.output, {args.model, args.vae, args.init_noise, args.refiner});
+  if (!(args.refiner_switch > 0.0 && args.refiner_switch < 1.0))
+    bad_option(fmt::format("--refiner-switch {} must be between 0 and 1 (exclusive)", args.refiner_switch));
   auto& o = args.options;
   for (const auto& [name, value] : {std::pair{"--width", args.width}, std::pair{"--height", args.height}}) {
     if (value && *value <= 0)
@@ -258,6 +291,7 @@ int run_txt2img(Txt2ImgArgs args) {
   load.device = args.device == "cuda" ? sdrt::Device::kCuda : sdrt::Device::kHost;
   const auto model = timed_load_model(args.model, /*text_encoder_only=*/false, load);
   print_model_warnings(model);
+  if (!args.refiner.empty()) return run_refined(args, model, load);
   o = model.resolve(o);
   warn_dropped_tokens(model, o.prompt, "prompt", stdout);
   if (o.cfg_scale > 1.0) warn_dropped_tokens(model, o.negative_prompt, "negative prompt", stdout);
@@ -399,7 +433,13 @@ int main(int argc, char** argv) {
   txt2img->add_option("--original-size", gen.original_size,
                       "SDXL size conditioning W,H (default: the image size)");
   txt2img->add_option("--crop-top-left", gen.crop_top_left, "SDXL crop conditioning X,Y (default: 0,0)");
-  txt2img->add_option("--target-size", gen.target_size, "SDXL target size conditioning W,H (default: the image size)");
+  txt2img->add_option("--target-size", gen.target_size,
+                      "SDXL target size conditioning W,H (default: the image size)");
+  txt2img->add_option("--refiner", gen.refiner, "SDXL refiner model (folder or single file)");
+  txt2img
+      ->add_option("--refiner-switch", gen.refiner_switch,
+                   "fraction of the steps the base model runs before the refiner")
+      ->capture_default_str();
   txt2img->add_option("--output", gen.output, "output PNG")->capture_default_str();
   txt2img->add_option("--device", gen.device, "cpu | cuda (UNet and VAE in fp16 on the GPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}))

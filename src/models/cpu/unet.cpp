@@ -230,7 +230,8 @@ Tensor UNet::forward(const Tensor& sample, double timestep, const Tensor& contex
     aug = m.add_linear_2->forward(aug, B);
     ops::add(emb.data<float>(), aug.data<float>(), emb.data<float>(), emb.numel());
   } else if (!add_embeds.empty()) {
-    throw Error(ErrorKind::kInvalidArgument, "unet: add_embeds given to a UNet without a text_time embedding");
+    throw Error(ErrorKind::kInvalidArgument,
+                "unet: add_embeds given to a UNet without a text_time embedding");
   }
   silu_inplace(emb);  // every ResnetBlock2D applies SiLU to the embedding before its projection
 

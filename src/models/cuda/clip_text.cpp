@@ -51,8 +51,8 @@ Act ClipTextModel::forward(Context& ctx, ActivationPool& pool, const Act& x_in, 
   for (const auto& l : layers_->layers) {
     if (penultimate && &l == &layers_->layers.back()) {  // hidden_states[-2]: the last layer's input
       *penultimate = Act(pool, B, S, 1, D);
-      check(cudaMemcpyAsync(penultimate->data(), x.data(), x.numel() * sizeof(__half), cudaMemcpyDeviceToDevice,
-                            ctx.stream()),
+      check(cudaMemcpyAsync(penultimate->data(), x.data(), x.numel() * sizeof(__half),
+                            cudaMemcpyDeviceToDevice, ctx.stream()),
             "text encoder hidden state copy");
     }
     // x += out_proj(causal_attention(ln1(x)))

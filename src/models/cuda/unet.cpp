@@ -353,7 +353,8 @@ UNetGraph::UNetGraph(const UNet& unet, int64_t batch, int64_t height, int64_t wi
   context_ = Act(io_pool_, batch, context_tokens, 1, c.cross_attention_dim);
   context_kv_ = Act(io_pool_, batch, context_tokens, 1, unet.context_kv_width());
   output_ = Act(io_pool_, batch, height, width, c.out_channels);
-  if (c.text_time_embedding) add_embeds_ = Act(io_pool_, batch, 1, 1, c.projection_class_embeddings_input_dim);
+  if (c.text_time_embedding)
+    add_embeds_ = Act(io_pool_, batch, 1, 1, c.projection_class_embeddings_input_dim);
   timestep_ = DeviceBuffer(sizeof(float));
 }
 
