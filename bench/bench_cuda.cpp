@@ -19,6 +19,7 @@
 #include "backends/cuda/norm.cuh"
 #include "engines/diagnostics.h"
 #include "engines/engine.h"
+#include "engines/model_description.h"
 #include "io/diffusers_folder.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
@@ -149,8 +150,9 @@ int main(int argc, char** argv) {
     std::cerr << fmt::format("load_model {:.3f} s\n", out["load_s"].get<double>());
 
     // Engine-level timings on a second engine over the same files (the Model keeps its engine private).
-    auto engine = sdrt::engines::create_cuda_engine(
-        sdrt::engines::describe_model(sdrt::loaders::resolve_model(model_dir, {.prefer_fp16 = true})));
+    const auto description =
+        sdrt::engines::describe_model(sdrt::loaders::resolve_model(model_dir, {.prefer_fp16 = true}));
+    auto engine = sdrt::engines::create_cuda_engine(description);
     sdrt::engines::Diagnostics& diagnostics = *engine->diagnostics();
     out["device"] = engine->device_name();
     out["load_breakdown_s"] = diagnostics.load_breakdown();  // of the second engine (page cache warm)
@@ -172,8 +174,12 @@ int main(int argc, char** argv) {
     o.width = o.height = size;
     o.seed = 42;
     {
-      const sdrt::Tensor ctx = model.encode_prompts(model.resolve(o));
-      engine->set_context(ctx);
+      const sdrt::Conditioning cond = model.encode_conditioning(model.resolve(o));
+      const sdrt::Tensor& ctx = cond.context;
+      sdrt::Tensor add_embeds;  // SDXL's text_time input
+      if (!cond.text_embeds.empty())
+        add_embeds = sdrt::models::text_time_add_embeds(description.unet->config, cond.text_embeds, cond.time_ids);
+      engine->set_context(ctx, add_embeds);
       out["unet_step_ms"] = diagnostics.time_unet_step_ms(ctx.dim(0), latent, latent, iterations);
       out["unet_batch"] = ctx.dim(0);
       out["breakdown_ms"] = diagnostics.profile_unet_step(ctx.dim(0), latent, latent);

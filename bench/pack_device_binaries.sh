@@ -12,6 +12,7 @@ PKG=build/devpkg
 rm -rf "$PKG" && mkdir -p "$PKG"
 strip -o "$PKG/bench_cuda" "$BUILD/bench_cuda"
 strip -o "$PKG/sdrt_tests" "$BUILD/tests/sdrt_tests"
+strip -o "$PKG/sdrt" "$BUILD/sdrt"  # the CLI, for the CLI golden tests (SDRT_CLI_PATH)
 for lib in libdnnl.so.2 libicuuc.so.72 libicudata.so.72 libfmt.so.9 libpng16.so.16 libgomp.so.1 libOpenCL.so.1; do
   path=$(ldd "$BUILD/tests/sdrt_tests" "$BUILD/bench_cuda" | awk -v l="$lib" '$1 == l {print $3; exit}')
   [ -n "$path" ] && cp -L "$path" "$PKG/$lib"

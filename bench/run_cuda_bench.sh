@@ -7,6 +7,8 @@
 # optionally build/devlibs/ or build/devlibs.tar.xz (shared libraries bench_cuda needs that the machine lacks).
 # Writes under $OUT (default /tmp/sdrt-bench): run.log, sdrt.json, sdrt_unet.npy, parity.json, torch.json, report.md.
 # PROFILE=1: also bench/profile_step.sh (ncu per-kernel times) into $OUT/profile; SKIP_TORCH=1: sdrt only.
+# FAMILY=sdxl: full-size random SDXL base weights (bench/make_random_sdxl.py) at SIZE=1024, STEPS=30 by default;
+# the UNet parity check is SD 1.5's only.
 # Extra arguments: $TORCH_BENCH_ARGS for torch_bench.py (e.g. "--channels-last"), $PARITY_ARGS for make-inputs.
 # Exit status: 0 when every step ran and the UNet parity passed.
 set -u -o pipefail
@@ -17,7 +19,12 @@ OUT=${OUT:-/tmp/sdrt-bench}
 mkdir -p "$OUT"
 rm -f "$OUT"/{run.log,sdrt.json,sdrt_unet.npy,parity.json,torch.json,report.md}
 DEVICE=${BENCH_DEVICE:-cuda}          # BENCH_DEVICE=cpu MODEL=tests/fixtures/tiny-sd1: a local smoke test of this script
-MODEL=${MODEL:-/tmp/sd15-random-fp16}  # made here unless it exists
+FAMILY=${FAMILY:-sd15}
+if [ "$FAMILY" = sdxl ]; then
+  MODEL=${MODEL:-/tmp/sdxl-random-fp16}; SIZE=${SIZE:-1024}; STEPS=${STEPS:-30}
+else
+  MODEL=${MODEL:-/tmp/sd15-random-fp16}; SIZE=${SIZE:-512}; STEPS=${STEPS:-50}
+fi  # the model is made here unless it exists
 INPUTS=/tmp/sdrt-unet-inputs
 BENCH_CUDA=${BENCH_CUDA:-build/release/bench_cuda}
 FAILED=()
@@ -59,16 +66,22 @@ main() {
     SDRT_FIXTURES_DIR="$PWD/tests/fixtures" step cuda_tests 240 "$SDRT_TESTS" --gtest_filter="${SDRT_TEST_FILTER:-*Cuda*}"
   fi
 
-  [ -d "$MODEL" ] || step make_model 180 python3 bench/make_random_sd15.py "$MODEL" --fp16 --device "$DEVICE"
-  # shellcheck disable=SC2086
-  step make_inputs 180 python3 bench/unet_parity.py make-inputs --model "$MODEL" --out "$INPUTS" --device "$DEVICE" \
-    ${PARITY_ARGS:-}
+  [ -d "$MODEL" ] || step make_model 240 python3 "bench/make_random_$FAMILY.py" "$MODEL" --fp16 --device "$DEVICE"
+  local parity=()
+  if [ "$FAMILY" = sd15 ]; then
+    # shellcheck disable=SC2086
+    step make_inputs 180 python3 bench/unet_parity.py make-inputs --model "$MODEL" --out "$INPUTS" --device "$DEVICE" \
+      ${PARITY_ARGS:-}
+    parity=(--unet-inputs "$INPUTS" --unet-output "$OUT/sdrt_unet.npy")
+  fi
 
   if [ -x "$BENCH_CUDA" ]; then
     ldd "$BENCH_CUDA" | grep -i 'not found'
-    step bench_cuda "${SDRT_TIMEOUT:-240}" "$BENCH_CUDA" --model "$MODEL" --unet-inputs "$INPUTS" \
-      --unet-output "$OUT/sdrt_unet.npy" --json "$OUT/sdrt.json"
-    if [ -f "$OUT/sdrt_unet.npy" ]; then
+    step bench_cuda "${SDRT_TIMEOUT:-240}" "$BENCH_CUDA" --model "$MODEL" "${parity[@]}" --size "$SIZE" \
+      --steps "$STEPS" --json "$OUT/sdrt.json"
+    if [ "$FAMILY" != sd15 ]; then
+      :
+    elif [ -f "$OUT/sdrt_unet.npy" ]; then
       step parity 60 python3 bench/unet_parity.py compare --ref "$INPUTS" --candidate "$OUT/sdrt_unet.npy" \
         --json "$OUT/parity.json"
     else
@@ -83,7 +96,7 @@ main() {
     OUT="$OUT/profile" MODEL="$MODEL" BENCH_CUDA="$BENCH_CUDA" step profile 300 bash bench/profile_step.sh
   fi
 
-  TB=(--model "$MODEL" --out "$OUT/torch.json" --device "$DEVICE")
+  TB=(--model "$MODEL" --out "$OUT/torch.json" --device "$DEVICE" --size "$SIZE" --steps "$STEPS")
   [ $QUICK = 1 ] && TB+=(--no-compile --e2e-runs 2)
   # shellcheck disable=SC2086
   [ "${SKIP_TORCH:-0}" = 1 ] || step torch_bench 420 python3 bench/torch_bench.py "${TB[@]}" ${TORCH_BENCH_ARGS:-}

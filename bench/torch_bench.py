@@ -101,11 +101,14 @@ class Bench:
 
 
 def load_pipeline(model: Path, dtype, dev):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     # Folders written with fp16 variants (model.fp16.safetensors) need variant="fp16" to be found.
     variant = "fp16" if any(model.glob("*/*.fp16.safetensors")) else None
-    pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=dtype, variant=variant,
-                                                   safety_checker=None, requires_safety_checker=False)
+    if "XL" in json.loads((model / "model_index.json").read_text())["_class_name"]:
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(model), dtype=dtype, variant=variant)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=dtype, variant=variant,
+                                                       safety_checker=None, requires_safety_checker=False)
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -194,7 +197,14 @@ def main():
         r["unet"][name] = r.pop("unet." + name)
         b.save()
 
-    call = lambda m: (lambda: m(x, t, encoder_hidden_states=ctx).sample)
+    # SDXL's UNet also takes the pooled text embeddings and the six size / crop time ids.
+    added = {}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        added = {"added_cond_kwargs": {
+            "text_embeds": torch.randn(2, pooled, generator=g).to(dev, dtype),
+            "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * 2).to(dev, dtype)}}
+    call = lambda m: (lambda: m(x, t, encoder_hidden_states=ctx, **added).sample)
     unet_mode("eager", lambda: b.timeit(call(unet)))
     if b.cuda:
         def graphed():
@@ -209,7 +219,7 @@ def main():
             m = unet.to(memory_format=torch.channels_last) if args.channels_last else unet
             xin = x.to(memory_format=torch.channels_last) if args.channels_last else x
             cu = torch.compile(m, mode="default", fullgraph=False)
-            state["fn"] = lambda: cu(xin, t, encoder_hidden_states=ctx).sample
+            state["fn"] = lambda: cu(xin, t, encoder_hidden_states=ctx, **added).sample
             t0 = time.perf_counter()
             state["fn"]()
             b.sync()
@@ -235,7 +245,7 @@ def main():
 
                 def fn():
                     torch.compiler.cudagraph_mark_step_begin()
-                    return cu(xin, t, encoder_hidden_states=ctx).sample
+                    return cu(xin, t, encoder_hidden_states=ctx, **added).sample
                 t0 = time.perf_counter()
                 fn()
                 b.sync()
