@@ -14,9 +14,13 @@ Conv2dSpec Conv2dSpec::same(std::string name, int64_t in, int64_t out, int64_t k
 }
 
 void append_weights(std::vector<WeightSpec>& out, const LinearSpec& s) {
+  const auto legacy = [&](const char* suffix) {
+    return s.legacy_name.empty() ? std::string() : s.legacy_name + suffix;
+  };
   out.push_back({s.name + ".weight",
-                 s.storage == LinearStorage::kConv1x1 ? Shape{s.out, s.in, 1, 1} : Shape{s.out, s.in}});
-  if (s.bias) out.push_back({s.name + ".bias", {s.out}});
+                 s.storage == LinearStorage::kConv1x1 ? Shape{s.out, s.in, 1, 1} : Shape{s.out, s.in},
+                 legacy(".weight")});
+  if (s.bias) out.push_back({s.name + ".bias", {s.out}, legacy(".bias")});
 }
 
 void append_weights(std::vector<WeightSpec>& out, const Conv2dSpec& s) {

@@ -21,6 +21,7 @@ namespace sdrt::models {
 struct WeightSpec {
   std::string key;
   Shape shape;
+  std::string legacy_key;  // the same tensor's name in older checkpoints ("" if none)
 };
 
 // How a Linear's weight may be stored.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -54,6 +55,52 @@ std::vector<std::string> source_warnings(const loaders::ModelSource& source) {
   return warnings;
 }
 
+// Tensors a component's checkpoint holds that its network never reads (by name: the shapes of the ones it
+// reads are checked at load). Buffers transformers writes (position_ids) are not weights.
+std::vector<std::string> unused_tensors(const io::WeightStore& store,
+                                        const std::vector<models::WeightSpec>& specs,
+                                        const std::string& prefix) {
+  std::set<std::string> known;
+  for (const auto& w : specs)
+    for (const auto& key : {w.key, w.legacy_key})
+      if (!key.empty()) {
+        known.insert(key);
+        known.insert(prefix + key);
+      }
+  std::vector<std::string> unused;
+  for (const auto& name : store.names())
+    if (!known.count(name) && !name.ends_with("position_ids")) unused.push_back(name);
+  return unused;
+}
+
+// One warning line per component whose checkpoint holds tensors its config does not describe.
+void warn_unused_tensors(std::vector<std::string>& warnings, const engines::ModelDescription& d) {
+  const auto check = [&](const loaders::ComponentSource& source, const std::vector<models::WeightSpec>& specs,
+                         bool text_encoder) {
+    const auto store = source.open_weights();
+    auto unused = unused_tensors(store, specs, text_encoder ? models::clip_text_key_prefix(store) : "");
+    // A VAE whose quant-conv switch is off while the weights hold one has its own warning (source_warnings).
+    std::erase_if(unused, [&](const std::string& name) {
+      for (const char* key : {"quant_conv", "post_quant_conv"}) {
+        const auto it = source.config.find(std::string("use_") + key);
+        if (it != source.config.end() && *it == false && name.starts_with(std::string(key) + "."))
+          return true;
+      }
+      return false;
+    });
+    if (!unused.empty())
+      warnings.push_back(fmt::format(
+          "{}: {} tensor{} the {} does not use (first: \"{}\"); does the config "
+          "describe these weights?",
+          source.config_label, unused.size(), unused.size() == 1 ? "" : "s", source.name, unused.front()));
+  };
+  for (const auto& te : d.text_encoders) check(te.source, te.model.weights(), true);
+  if (d.unet) check(*d.unet_source, d.unet->weights(), false);
+  if (d.vae)
+    check(*d.vae_source, models::describe_vae(d.vae->config, {.encoder = true, .decoder = true}).weights(),
+          false);
+}
+
 }  // namespace
 
 Model Model::load(const std::filesystem::path& path, const LoadOptions& options) {
@@ -86,6 +133,7 @@ Model Model::load(const std::filesystem::path& path, const LoadOptions& options)
   }
   impl->device = device;
   impl->warnings = source_warnings(source);
+  warn_unused_tensors(impl->warnings, description);
   impl->engine = engines::create_engine(device, description);
   return Model(std::move(impl));
 }

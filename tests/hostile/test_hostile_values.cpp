@@ -13,6 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "io/png.h"
+#include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 #include "models/unet.h"
 #include "schedulers/scheduler.h"
 #include "sdrt/error.h"
@@ -247,6 +249,30 @@ TEST(HostileValues, QuantConvSwitchThatDisagreesWithTheWeightsWarns) {
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("use_quant_conv"), std::string::npos) << warnings[0];
   EXPECT_NE(warnings[0].find("quant_conv.weight"), std::string::npos) << warnings[0];
+}
+
+// A checkpoint with tensors its config does not describe (a wrong config beside real weights) loads — the
+// tensors it needs are there — but says so in one warning line naming the component and a tensor.
+TEST(HostileValues, TensorsTheConfigDoesNotDescribeWarn) {
+  TempDir tmp;
+  const auto model = testing::copy_fixture("tiny-sd1", tmp);
+  const auto unet_dir = model / "unet";
+  std::map<std::string, Tensor> tensors;
+  {
+    const auto store = io::WeightStore::from_component_dir(unet_dir, "diffusion_pytorch_model");
+    for (const auto& name : store.names()) tensors.emplace(name, store.load(name, DType::kF32));
+  }
+  Tensor extra({4}, DType::kF32);
+  std::fill_n(extra.data<float>(), 4, 1.0f);
+  tensors.emplace("down_blocks.9.attentions.0.proj_in.weight", extra);
+  for (const auto& f : fs::directory_iterator(unet_dir))
+    if (f.path().extension() == ".safetensors") fs::remove(f.path());
+  io::write_safetensors(unet_dir / "diffusion_pytorch_model.safetensors", tensors);
+  const auto warnings = Model::load(model).warnings();
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("unet/config.json: 1 tensor the unet does not use"), std::string::npos)
+      << warnings[0];
+  EXPECT_NE(warnings[0].find("down_blocks.9.attentions.0.proj_in.weight"), std::string::npos) << warnings[0];
 }
 
 fs::path single_file_with_yaml(const TempDir& tmp, const std::string& yaml) {
