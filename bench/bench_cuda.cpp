@@ -178,10 +178,12 @@ int main(int argc, char** argv) {
       const sdrt::Tensor& ctx = cond.context;
       sdrt::Tensor add_embeds;  // SDXL's text_time input
       if (!cond.text_embeds.empty())
-        add_embeds = sdrt::models::text_time_add_embeds(description.unet->config, cond.text_embeds, cond.time_ids);
+        add_embeds =
+            sdrt::models::text_time_add_embeds(description.unet->config, cond.text_embeds, cond.time_ids);
       engine->set_context(ctx, add_embeds);
       out["unet_step_ms"] = diagnostics.time_unet_step_ms(ctx.dim(0), latent, latent, iterations);
       out["unet_batch"] = ctx.dim(0);
+      out["size"] = size;
       out["breakdown_ms"] = diagnostics.profile_unet_step(ctx.dim(0), latent, latent);
     }
     out["vae_decode_ms"] = diagnostics.time_vae_decode_ms(latent, latent, 10);

@@ -55,15 +55,17 @@ def main():
     sd_ms = s.get("unet_step_ms")
     eager_only = lambda v: [v] + [None] * (len(MODES) - 1)  # pipeline-level numbers are measured eager
 
+    size = s.get("size", 512)
+    steps = s.get("e2e_steps", 50)
     rows = [
-        ("UNet ms/step (batch 2, 64×64)", "{:.2f}", sd_ms, [mode(m, "ms_median") for m, _ in MODES]),
+        (f"UNet ms/step (batch 2, {size // 8}×{size // 8} latents)", "{:.2f}", sd_ms, [mode(m, "ms_median") for m, _ in MODES]),
         ("UNet it/s", "{:.1f}", 1000 / sd_ms if isinstance(sd_ms, (int, float)) and sd_ms > 0 else None,
          [mode(m, "it_s") for m, _ in MODES]),
         ("sdrt ms/step ÷ this", "{:.2f}×", 1.0 if isinstance(sd_ms, (int, float)) else None,
          [sd_ms / v if isinstance(sd_ms, (int, float)) and isinstance(v, (int, float)) and v > 0 else None
           for v in (mode(m, "ms_median") for m, _ in MODES)]),
-        ("50-step e2e (s)", "{:.3f}", s.get("e2e_50_s"), eager_only(t.get("e2e", {}).get("s_median"))),
-        ("VAE decode 512² (ms)", "{:.2f}", s.get("vae_decode_ms"), eager_only(t.get("vae_decode", {}).get("ms_median"))),
+        (f"{steps}-step e2e (s)", "{:.3f}", s.get("e2e_50_s"), eager_only(t.get("e2e", {}).get("s_median"))),
+        (f"VAE decode {size}² (ms)", "{:.2f}", s.get("vae_decode_ms"), eager_only(t.get("vae_decode", {}).get("ms_median"))),
         ("text encoder (ms)", "{:.2f}", s.get("text_encoder_ms"), eager_only(t.get("text_encoder", {}).get("ms_median"))),
         ("load time (s)", "{:.2f}", s.get("load_s"), eager_only(t.get("load", {}).get("warm_s"))),
         ("peak GPU memory, UNet (GiB)", "{:.2f}", None, [mode(m, "peak_alloc_gib") for m, _ in MODES]),

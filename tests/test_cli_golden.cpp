@@ -31,12 +31,12 @@ using testing::TempDir;
 // The generation flags of one case of a pipeline_cases.json / single_file reference.json (as in
 // testing::pipeline_case_options, but as command-line flags). Every flag is given, defaults included, so that
 // two swapped bindings see each other's values.
-std::string case_flags(const nlohmann::json& c, const fs::path& ref) {
+std::string case_flags(const nlohmann::json& c, const fs::path& ref, const std::string& device = "cpu") {
   std::string f = " --prompt " + shell_quote(c["prompt"].get<std::string>()) + " --negative-prompt " +
                   shell_quote(c["negative_prompt"].get<std::string>()) + " --cfg-scale " +
                   c["guidance"].dump() + " --steps " + c["steps"].dump() + " --width " + c["width"].dump() +
-                  " --height " + c["height"].dump() + " --seed " + c["seed"].dump() +
-                  " --rng cpu --device cpu";
+                  " --height " + c["height"].dump() + " --seed " + c["seed"].dump() + " --rng cpu --device " +
+                  device;
   if (c.contains("scheduler") && c["scheduler"] != "default")
     f += " --scheduler " + c["scheduler"].get<std::string>();
   if (c.value("karras", false)) f += " --karras";
@@ -361,7 +361,7 @@ TEST(CliGoldenCuda, DeviceCudaMatchesDiffusers) {
   const auto check = [&](const fs::path& model, const nlohmann::json& c, const fs::path& ref,
                          const fs::path& want_png, const std::string& label) {
     SCOPED_TRACE(label + " " + c.dump());
-    const auto got = txt2img(model, case_flags(c, ref) + " --device cuda", tmp / (label + ".png"));
+    const auto got = txt2img(model, case_flags(c, ref, "cuda"), tmp / (label + ".png"));
     const auto want = io::read_png_rgb8(want_png);
     ASSERT_EQ(got.rgb8.size(), want.rgb8.size());
     size_t within_two = 0;
