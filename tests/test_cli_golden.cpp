@@ -313,6 +313,38 @@ TEST(CliGoldenOptions, BadValuesNameTheirOption) {
   }
 }
 
+// SDXL's options: size conditioning that is not a pair of positive integers, a refiner switch outside (0, 1),
+// a refiner given as the base, an SD 1.x model as the refiner or as the base of one: one error line naming
+// the option or the model, non-zero exit, no output.
+TEST(CliGoldenOptions, SdxlBadValuesNameTheirOption) {
+  TempDir tmp;
+  const auto out = tmp / "out.png";
+  const auto model = [](const char* name) { return shell_quote((fixtures_dir() / name).string()); };
+  const std::string sdxl =
+      "txt2img --model " + model("tiny-sdxl") + " --prompt x --steps 2 --width 64 --height 64";
+  const struct {
+    std::string args, needle;
+  } bad[] = {
+      {sdxl + " --original-size 0,64", "--original-size"},
+      {sdxl + " --original-size 64", "--original-size"},
+      {sdxl + " --target-size 64,1.5", "--target-size"},
+      {sdxl + " --crop-top-left -8,0", "--crop-top-left"},
+      {sdxl + " --target-size 64,99999", "--target-size"},
+      {sdxl + " --refiner " + model("tiny-sdxl-refiner") + " --refiner-switch 1.5", "--refiner-switch"},
+      {sdxl + " --refiner " + model("tiny-sd1"), "is not an SDXL model"},
+      {"txt2img --model " + model("tiny-sdxl-refiner") + " --prompt x --steps 2", "is an SDXL refiner"},
+      {"txt2img --model " + model("tiny-sd1") + " --prompt x --steps 2 --refiner " +
+           model("tiny-sdxl-refiner"),
+       "needs an SDXL base model"}};
+  for (const auto& b : bad) {
+    const auto r = run_cli(b.args + " --output " + shell_quote(out.string()));
+    EXPECT_NE(r.exit_code, 0) << b.args;
+    EXPECT_NE(r.err.find(b.needle), std::string::npos) << b.args << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_FALSE(fs::exists(out)) << b.args;
+  }
+}
+
 // ---- --device cuda in every build
 
 // Compiled in every build. Without the CUDA backend (or without a usable GPU), --device cuda is one clear

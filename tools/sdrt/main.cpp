@@ -5,7 +5,7 @@
 //   sdrt info     [--model DIR]                      components and their key config values
 //   sdrt txt2img  [--model DIR] --prompt TEXT [...] --output out.png
 //   sdrt convert  --model FILE --output DIR          single-file checkpoint -> diffusers folder
-// --model takes a diffusers folder or a single-file SD 1.x / 2.x checkpoint (.safetensors / .ckpt).
+// --model takes a diffusers folder or a single-file SD 1.x / 2.x / SDXL checkpoint (.safetensors / .ckpt).
 // Without it, txt2img and info use $SDRT_MODEL, else the built-in demo model (the source tree's models/demo).
 //
 // Every failure prints one line "sdrt: error: ..." on stderr and exits non-zero; that line is all sdrt ever
@@ -451,7 +451,7 @@ int main(int argc, char** argv) {
 
   std::string prediction;
   auto* convert =
-      app.add_subcommand("convert", "Write a single-file SD 1.x / 2.x checkpoint as a diffusers folder");
+      app.add_subcommand("convert", "Write a single-file SD 1.x / 2.x / SDXL checkpoint as a diffusers folder");
   convert->add_option("--model", model, "single-file checkpoint (.safetensors / .ckpt)")->required();
   convert->add_option("--output", output, "output folder (new or empty)")->required();
   convert
