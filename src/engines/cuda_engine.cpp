@@ -314,6 +314,12 @@ class CudaEngine final : public Engine, public Diagnostics {
     return median_ms(iterations, [&] { vae_.decode(ctx_, pool_, latent); });
   }
 
+  double free_memory_bytes() const override {
+    size_t free_bytes = 0, total = 0;
+    check(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
+    return static_cast<double>(free_bytes);
+  }
+
   double device_memory_gib() const override {
     size_t free_bytes = 0, total = 0;
     check(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");

@@ -11,6 +11,7 @@
 //   Tensor image = engine->decode(engine->sampling_latents() / scaling_factor);
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -71,6 +72,10 @@ class Engine {
   // ---- VAE
   // Latents already divided by scaling_factor [1, L, h, w] -> image [1, 3, H, W] float32 in about [-1, 1].
   virtual Tensor decode(const Tensor& z) = 0;
+
+  // Device memory free for activations (bytes): the CUDA engine's free GPU memory; the CPU engine's is
+  // infinite (the pipeline checks host memory itself).
+  virtual double free_memory_bytes() const { return INFINITY; }
 
   // Benchmark and profiling hooks, or null where the engine has none.
   virtual Diagnostics* diagnostics() { return nullptr; }

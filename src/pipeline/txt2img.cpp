@@ -137,7 +137,7 @@ double host_memory_bytes() {
 }
 
 double estimate_activation_bytes(const models::UNetConfig& unet, const models::VaeConfig& vae, int width,
-                                 int height, bool guidance) {
+                                 int height, bool guidance, bool on_gpu) {
   // A rough lower bound of the fp32 activations alive at the peak, so that an impossible size fails at once:
   //   UNet (batch B = 2 with guidance): 8 tensors of C0 × h × w (the block in/out, the skip connections
   //   held for the up path) plus one attention score matrix (h·w)² per batch item (one head at a time);
@@ -146,10 +146,12 @@ double estimate_activation_bytes(const models::UNetConfig& unet, const models::V
   const double f = static_cast<double>(vae.downscale_factor());
   const double hw = (height / f) * (width / f);
   const double batch = guidance ? 2.0 : 1.0;
+  //   On the GPU: 2 bytes a value (fp16) and no score matrix (fused attention keeps it on chip).
+  const double value = on_gpu ? 2.0 : 4.0, scores = on_gpu ? 0.0 : hw * hw;
   const double unet_bytes =
-      4.0 * batch * (8.0 * static_cast<double>(unet.block_out_channels.front()) * hw + hw * hw);
+      value * batch * (8.0 * static_cast<double>(unet.block_out_channels.front()) * hw + scores);
   const double vae_bytes =
-      4.0 * (4.0 * static_cast<double>(vae.block_out_channels.front()) * height * width + hw * hw);
+      value * (4.0 * static_cast<double>(vae.block_out_channels.front()) * height * width + scores);
   return std::max(unet_bytes, vae_bytes);
 }
 
@@ -170,16 +172,17 @@ GenerateOptions Model::resolve(const GenerateOptions& options) const {
   if (o.height == 0) o.height = static_cast<int>(default_size);
   check_size("width", o.width, factor);
   check_size("height", o.height, factor);
-  if (m.device == Device::kHost) {
+  {
+    const bool gpu = m.device == Device::kCuda;
     const double need =
-        estimate_activation_bytes(*m.unet_config, *m.vae_config, o.width, o.height, o.cfg_scale > 1.0);
-    const double have = host_memory_bytes();
+        estimate_activation_bytes(*m.unet_config, *m.vae_config, o.width, o.height, o.cfg_scale > 1.0, gpu);
+    const double have = gpu ? m.engine->free_memory_bytes() : host_memory_bytes();
     constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
     if (need > have)
       throw Error(ErrorKind::kInvalidArgument,
-                  fmt::format("{}x{} needs at least {:.3g} GiB of memory for activations on the CPU "
+                  fmt::format("{}x{} needs at least {:.3g} GiB of memory for activations on the {} "
                               "(estimated from the latent size and channels) but {:.3g} GiB is available",
-                              o.width, o.height, need / kGiB, have / kGiB));
+                              o.width, o.height, need / kGiB, gpu ? "GPU" : "CPU", have / kGiB));
   }
   const auto kind = o.scheduler.empty() ? schedulers::scheduler_kind_of(*m.scheduler_config)
                                         : schedulers::parse_scheduler_name(o.scheduler);
