@@ -1,7 +1,7 @@
 // libFuzzer target for single-file model inference from tensor shapes (loaders/single_file: family, UNet /
 // VAE / text encoder configs and the diffusers <- original key plan, from headers only). Each input edits the
-// tensor table of a tiny SD 1.x or 2.x checkpoint (tests/fixtures/single_file/sd{1,2}.safetensors): byte 0
-// picks the base, then one byte per tensor in name order keeps it (< 200), drops it (< 230) or gives it a new
+// tensor table of a tiny SD 1.x, 2.x, SDXL base or SDXL refiner checkpoint
+// (tests/fixtures/single_file/{sd1,sd2,sdxl_base,sdxl_refiner}.safetensors): byte 0 picks the base, then one byte per tensor in name order keeps it (< 200), drops it (< 230) or gives it a new
 // shape (rank = next byte % 5, then one byte per dimension). The resulting checkpoint (zero data, f16) must
 // either be rejected with sdrt::Error or give a plan whose every mapped tensor exists with as many elements
 // as its source (a third of them for a q / k / v part of a fused projection).
@@ -30,9 +30,11 @@ Table read_table(const char* file) {
 }
 
 const Table& base(int which) {
-  static const Table sd1 = read_table(SDRT_FIXTURES_DIR "/single_file/sd1.safetensors");
-  static const Table sd2 = read_table(SDRT_FIXTURES_DIR "/single_file/sd2.safetensors");
-  return which == 0 ? sd1 : sd2;
+  static const Table tables[] = {read_table(SDRT_FIXTURES_DIR "/single_file/sd1.safetensors"),
+                                 read_table(SDRT_FIXTURES_DIR "/single_file/sd2.safetensors"),
+                                 read_table(SDRT_FIXTURES_DIR "/single_file/sdxl_base.safetensors"),
+                                 read_table(SDRT_FIXTURES_DIR "/single_file/sdxl_refiner.safetensors")};
+  return tables[which % 4];
 }
 
 int64_t numel(const sdrt::Shape& s) {
@@ -47,7 +49,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   size_t at = 0;
   const auto next = [&]() -> int { return at < size ? data[at++] : 0; };
-  const Table& table = base(next() % 2);
+  const Table& table = base(next());
   std::map<std::string, sdrt::Shape> shapes;
   int64_t total = 0;
   for (const auto& [name, shape] : table) {
@@ -77,8 +79,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::filesystem::resize_file(path, prefix.size() + text.size() + static_cast<size_t>(total) * 2);
   try {
     const auto f = sdrt::loaders::SingleFile::open(path);
-    for (const auto* c : {&f.text_encoder(), &f.unet(), &f.vae()}) {
-      if (!c->has_value()) std::abort();  // a whole-model open plans every component
+    // A whole-model open plans the UNet, the VAE and at least one text encoder (the SDXL refiner has only
+    // text_encoder_2).
+    if (!f.unet() || !f.vae() || (!f.text_encoder() && !f.text_encoder_2())) std::abort();
+    for (const auto* c : {&f.text_encoder(), &f.text_encoder_2(), &f.unet(), &f.vae()}) {
+      if (!c->has_value()) continue;
       for (const auto& [name, mapped] : (*c)->tensors) {
         const auto it = shapes.find(mapped.source);
         if (it == shapes.end()) std::abort();
