@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 half=$(((seconds + 1) / 2))
-memory_targets=(safetensors npy pickle)
+memory_targets=(safetensors npy pickle prompt_attention)
 file_targets=(tokenizer shard_index single_file_yaml single_file_shapes)
 cmake --preset fuzz >/dev/null
 build_targets=()

@@ -7,6 +7,7 @@
 #include "io/npy.h"
 #include "io/png.h"
 #include "test_util.h"
+#include "typed_references.h"
 
 namespace sdrt {
 namespace {
@@ -72,12 +73,16 @@ TEST(Cli, InfoListsComponents) {
   EXPECT_NE(r.out.find("text_encoder (CLIPTextModel)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("tokenizer (CLIPTokenizer)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("hidden_act: quick_gelu"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("pad_id: 49407"), std::string::npos) << r.out;
+  // Pad ids: transformers' (typed_references.json, scripts/make_typed_references.py).
+  EXPECT_NE(r.out.find("pad_id: " + std::to_string(testing::reference_special("sd1", "pad"))),
+            std::string::npos)
+      << r.out;
 
   const auto j = run_cli("info --json --model " + shell_quote((fixtures_dir() / "tiny-sd2").string()));
   ASSERT_EQ(j.exit_code, 0) << j.err;
   const auto info = nlohmann::json::parse(j.out);
-  EXPECT_EQ(info["components"]["tokenizer"]["details"]["pad_id"], "0");
+  EXPECT_EQ(info["components"]["tokenizer"]["details"]["pad_id"],
+            std::to_string(testing::reference_special("sd2", "pad")));
   EXPECT_EQ(info["components"]["text_encoder"]["details"]["hidden_act"], "gelu");
 }
 

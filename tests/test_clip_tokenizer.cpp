@@ -1,7 +1,9 @@
-// CLIP tokenizer: ids must equal transformers' CLIPTokenizer (5.23). Expected ids below were printed by
-// transformers on tests/fixtures/tiny-sd{1,2}/tokenizer, e.g.
-//   CLIPTokenizer.from_pretrained(dir).encode(prompt, add_special_tokens=False)
-// (scripts/tokenizer_probe.py show --tokenizer DIR PROMPT prints the same).
+// CLIP tokenizer: ids must equal transformers' CLIPTokenizer. The expected ids are transformers' on
+// tests/fixtures/tiny-sd{1,2}/tokenizer and on the altered copies the tests make: tokenizer_cases.json (made
+// by scripts/make_fixtures.py) and typed_references.json's "tokenizer" section (made by
+// scripts/make_typed_references.py, which alters its copies as the tests below do; the tests check that their
+// config files equal the script's).
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -13,6 +15,7 @@
 #include "sdrt/error.h"
 #include "test_util.h"
 #include "text/clip_tokenizer.h"
+#include "typed_references.h"
 
 namespace sdrt {
 namespace {
@@ -21,6 +24,27 @@ using testing::TempDir;
 using testing::write_file;
 using text::ClipTokenizer;
 using Ids = std::vector<int32_t>;
+using testing::reference_ids;
+using testing::reference_special;
+
+const nlohmann::json& references() {
+  return testing::typed_references().at("tokenizer");
+}
+
+// vocab.json's id of `token` as the script read it; -1 where the vocabulary lacks it (what token_id returns).
+int32_t reference_vocab_id(const std::string& token) {
+  const nlohmann::json& id = references().at("vocab_ids").at(token);
+  return id.is_null() ? -1 : id.get<int32_t>();
+}
+
+// Writes a file of the script's altered tokenizer folder `folder` into `dir` after checking that it equals
+// `text`, the content the test means: the script's references then come from the same folder.
+void write_folder_file(const std::filesystem::path& dir, const std::string& folder, const std::string& file,
+                       const std::string& text) {
+  EXPECT_EQ(nlohmann::json::parse(text), references().at("folders").at(folder).at(file))
+      << folder << "/" << file << " differs from scripts/make_typed_references.py's FOLDERS";
+  write_file(dir / file, text);
+}
 
 std::filesystem::path sd1_tokenizer() {
   return testing::fixtures_dir() / "tiny-sd1" / "tokenizer";
@@ -63,24 +87,20 @@ TEST(ClipTokenizer, BuiltinVocabulary) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(seconds, 2.0);  // ~50 ms optimised; generous for Debug and sanitizer builds
 
-  EXPECT_EQ(tok.vocab_size(), 49408u);
-  EXPECT_EQ(tok.token_id("a</w>"), 320);
-  EXPECT_EQ(tok.token_id("photo</w>"), 1125);
-  EXPECT_EQ(tok.token_id("!"), 0);
-  EXPECT_EQ(tok.token_id("<|startoftext|>"), 49406);
-  EXPECT_EQ(tok.token_id("<|endoftext|>"), 49407);
+  EXPECT_EQ(tok.vocab_size(), static_cast<size_t>(reference_special("sd1", "vocab_size")));
+  for (const char* token : {"a</w>", "photo</w>", "!", "<|startoftext|>", "<|endoftext|>", "not-a-token"})
+    EXPECT_EQ(tok.token_id(token), reference_vocab_id(token)) << token;
   EXPECT_EQ(tok.token_id("not-a-token"), -1);
-  EXPECT_EQ(tok.bos_id(), 49406);
-  EXPECT_EQ(tok.eos_id(), 49407);
-  EXPECT_EQ(tok.pad_id(), 49407);
-  EXPECT_EQ(tok.max_length(), 77);
+  EXPECT_EQ(tok.bos_id(), reference_special("sd1", "bos"));
+  EXPECT_EQ(tok.eos_id(), reference_special("sd1", "eos"));
+  EXPECT_EQ(tok.pad_id(), reference_special("sd1", "pad"));
+  EXPECT_EQ(tok.max_length(), reference_special("sd1", "model_max_length"));
 
   // transformers: tokenizer(p, padding="max_length", max_length=77, truncation=True)["input_ids"]
   const std::string prompt = "a photo of an astronaut riding a horse on mars";
-  Ids expected = {49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 525, 7496, 49407};
-  expected.resize(77, 49407);
-  EXPECT_EQ(tok.encode(prompt), expected);
-  EXPECT_EQ(tok.encode_words("a photo"), (Ids{320, 1125}));
+  EXPECT_EQ(tok.encode(prompt), reference_ids("encode", "sd1", prompt));
+  EXPECT_EQ(tok.encode(prompt).size(), 77u);
+  EXPECT_EQ(tok.encode_words("a photo"), reference_ids("encode_words", "sd1", "a photo"));
 }
 
 TEST(ClipTokenizer, BuiltinVocabularyEqualsVocabJson) {
@@ -100,8 +120,8 @@ TEST(ClipTokenizer, FixtureCases) {
   const ClipTokenizer& sd1 = sdrt::sd1();
   const ClipTokenizer& sd2 = sdrt::sd2();
   const ClipTokenizer builtin = ClipTokenizer::builtin();
-  EXPECT_EQ(sd1.pad_id(), 49407);
-  EXPECT_EQ(sd2.pad_id(), 0);
+  EXPECT_EQ(sd1.pad_id(), reference_special("sd1", "pad"));
+  EXPECT_EQ(sd2.pad_id(), reference_special("sd2", "pad"));
   ASSERT_GE(cases.at("cases").size(), 30u);
   for (const auto& c : cases.at("cases")) {
     const std::string prompt = c.at("prompt").get<std::string>();
@@ -117,34 +137,44 @@ TEST(ClipTokenizer, AddedTokensFollowTheFolderConfig) {
   const ClipTokenizer& sd2 = sdrt::sd2();
   // SD 2.x's pad "!" is an added token matched on the raw text: every "!" becomes id 0, not
   // "!</w>"/"!!!</w>".
-  EXPECT_EQ(sd1.encode_words("hello! world!!!"), (Ids{3306, 256, 1002, 995}));
-  EXPECT_EQ(sd2.encode_words("hello! world!!!"), (Ids{3306, 0, 1002, 0, 0, 0}));
+  for (const char* text : {"hello! world!!!", "x<|ENDOFTEXT|>y"}) {
+    EXPECT_EQ(sd1.encode_words(text), reference_ids("encode_words", "sd1", text)) << text;
+    EXPECT_EQ(sd2.encode_words(text), reference_ids("encode_words", "sd2", text)) << text;
+  }
+  const std::string bangs = "hello! world!!!";
+  const Ids sd2_bangs = sd2.encode_words(bangs);
+  EXPECT_EQ(std::count(sd2_bangs.begin(), sd2_bangs.end(), reference_vocab_id("!")),
+            std::count(bangs.begin(), bangs.end(), '!'));
   // Their bos/eos are {"normalized": true}: matched after lower-casing, inside words too.
-  EXPECT_EQ(sd1.encode_words("x<|ENDOFTEXT|>y"), (Ids{343, 49407, 344}));
-  EXPECT_EQ(sd2.encode_words("x<|ENDOFTEXT|>y"), (Ids{343, 49407, 344}));
-  EXPECT_EQ(sd1.encode_words("İstanbul ΣΊΣΥΦΟΣ"),
-            (Ids{328, 16384, 11231, 139, 225, 138, 107, 139, 225, 139, 227, 139, 228, 138, 123, 139, 481}));
+  const Ids sd1_eos = sd1.encode_words("x<|ENDOFTEXT|>y");
+  EXPECT_EQ(sd1_eos.size(), 3u);
+  EXPECT_EQ(sd1_eos.at(1), reference_special("sd1", "eos"));
+  EXPECT_EQ(sd1.encode_words("İstanbul ΣΊΣΥΦΟΣ"), reference_ids("encode_words", "sd1", "İstanbul ΣΊΣΥΦΟΣ"));
 
   // Plain-string special tokens are matched only verbatim; other spellings go through BPE as "<|", word,
   // "|>".
   TempDir tmp;
   const auto dir = copy_tokenizer(tmp);
   std::filesystem::remove(dir / "special_tokens_map.json");
-  write_file(dir / "tokenizer_config.json",
-             R"({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                 "unk_token": "<|endoftext|>", "model_max_length": 77})");
+  EXPECT_TRUE(references().at("folders").at("plain").at("special_tokens_map.json").is_null());
+  const std::string plain_config =
+      R"({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+          "unk_token": "<|endoftext|>", "model_max_length": 77})";
+  write_folder_file(dir, "plain", "tokenizer_config.json", plain_config);
   const ClipTokenizer plain = ClipTokenizer::from_folder(dir);
-  EXPECT_EQ(plain.encode_words("x<|ENDOFTEXT|>y"), (Ids{343, 27, 347, 40786, 4160, 91, 285, 344}));
-  EXPECT_EQ(plain.encode_words("x<|endoftext|>y"), (Ids{343, 49407, 344}));
+  for (const char* text : {"x<|ENDOFTEXT|>y", "x<|endoftext|>y"})
+    EXPECT_EQ(plain.encode_words(text), reference_ids("encode_words", "plain", text)) << text;
 }
 
 TEST(ClipTokenizer, SpecialTokensMapOverridesTokenizerConfig) {
-  // transformers 5.23 lets special_tokens_map.json win over tokenizer_config.json.
+  // transformers (5.23 and later) lets special_tokens_map.json win over tokenizer_config.json.
   TempDir tmp;
   const auto dir = copy_tokenizer(tmp);
-  write_file(dir / "tokenizer_config.json", R"({"pad_token": "<|endoftext|>", "model_max_length": 77})");
-  write_file(dir / "special_tokens_map.json", R"({"pad_token": "!"})");
-  EXPECT_EQ(ClipTokenizer::from_folder(dir).pad_id(), 0);
+  write_folder_file(dir, "map_over_config", "tokenizer_config.json",
+                    R"({"pad_token": "<|endoftext|>", "model_max_length": 77})");
+  write_folder_file(dir, "map_over_config", "special_tokens_map.json", R"({"pad_token": "!"})");
+  EXPECT_EQ(ClipTokenizer::from_folder(dir).pad_id(), reference_special("map_over_config", "pad"));
+  EXPECT_EQ(ClipTokenizer::from_folder(dir).pad_id(), reference_vocab_id("!"));
 }
 
 TEST(ClipTokenizer, TruncationAndPadding) {
@@ -153,22 +183,28 @@ TEST(ClipTokenizer, TruncationAndPadding) {
   for (int i = 0; i < 100; ++i) long_prompt += "cat ";
   const Ids ids = sd2.encode(long_prompt);
   ASSERT_EQ(ids.size(), 77u);
-  EXPECT_EQ(ids.front(), 49406);
-  EXPECT_EQ(ids.back(), 49407);
-  for (size_t i = 1; i < 76; ++i) EXPECT_EQ(ids[i], 2368) << i;  // "cat</w>"
+  EXPECT_EQ(ids, reference_ids("encode", "sd2", long_prompt));
+  EXPECT_EQ(ids.front(), reference_special("sd2", "bos"));
+  EXPECT_EQ(ids.back(), reference_special("sd2", "eos"));
+  for (size_t i = 1; i < 76; ++i) EXPECT_EQ(ids[i], reference_vocab_id("cat</w>")) << i;
 
   const Ids empty = sd2.encode("");
-  EXPECT_EQ(empty[0], 49406);
-  EXPECT_EQ(empty[1], 49407);
-  for (size_t i = 2; i < 77; ++i) EXPECT_EQ(empty[i], 0);
+  ASSERT_EQ(empty.size(), 77u);
+  EXPECT_EQ(empty, reference_ids("encode", "sd2", ""));
+  EXPECT_EQ(empty[0], reference_special("sd2", "bos"));
+  EXPECT_EQ(empty[1], reference_special("sd2", "eos"));
+  for (size_t i = 2; i < 77; ++i) EXPECT_EQ(empty[i], reference_special("sd2", "pad"));
 
   TempDir tmp;
   const auto dir = copy_tokenizer(tmp);
-  write_file(dir / "tokenizer_config.json", R"({"model_max_length": 5})");
+  write_folder_file(dir, "short", "tokenizer_config.json", R"({"model_max_length": 5})");
   const ClipTokenizer short_tok = ClipTokenizer::from_folder(dir);
   EXPECT_EQ(short_tok.max_length(), 5);
-  EXPECT_EQ(short_tok.encode("a photo of"), (Ids{49406, 320, 1125, 539, 49407}));
-  EXPECT_EQ(short_tok.encode("a"), (Ids{49406, 320, 49407, 49407, 49407}));
+  EXPECT_EQ(short_tok.max_length(), reference_special("short", "model_max_length"));
+  for (const char* prompt : {"a photo of", "a"}) {
+    EXPECT_EQ(short_tok.encode(prompt), reference_ids("encode", "short", prompt)) << prompt;
+    EXPECT_EQ(short_tok.encode(prompt).size(), 5u) << prompt;
+  }
   // transformers writes int(1e30) for "unlimited"; CLIP has 77 positions.
   write_file(dir / "tokenizer_config.json", R"({"model_max_length": 1000000000000000019884624838656})");
   EXPECT_EQ(ClipTokenizer::from_folder(dir).max_length(), 77);

@@ -4,13 +4,16 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "backends/cpu/conv.h"
 #include "backends/cpu/ops.h"
 #include "sdrt/error.h"
+#include "typed_references.h"
 
 namespace sdrt {
 namespace {
@@ -200,27 +203,39 @@ TEST(CpuOps, GroupNormMatchesDoublePrecision) {
 
 // ---- upsample_nearest vs torch ----------------------------------------------------------------------------
 
-// Source index of each output index, from torch.nn.functional.interpolate(size=..., mode="nearest")
-// (torch 2.x).
+// Source index of each output index under torch.nn.functional.interpolate(size=..., mode="nearest"), from
+// tests/fixtures/typed_references.json ("upsample_nearest", made by scripts/make_typed_references.py, which
+// also checks that torch's 2-D resize is these row and column indices crossed).
 struct NearestCase {
   int64_t in, out;
   std::vector<int64_t> src;
 };
 
 std::vector<NearestCase> torch_nearest_cases() {
-  std::vector<NearestCase> cases = {
-      {4, 8, {0, 0, 1, 1, 2, 2, 3, 3}},
-      {5, 13, {0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4}},
-      {7, 3, {0, 2, 4}},
-      {6, 9, {0, 0, 1, 2, 2, 3, 4, 4, 5}},
-      {10, 7, {0, 1, 2, 4, 5, 7, 8}},
-      {1, 3, {0, 0, 0}},
+  // (in, out). 3 -> 123: torch's float scale puts output 41 on source 0 (the exact ratio would give 1).
+  const std::pair<int64_t, int64_t> sizes[] = {{4, 8}, {5, 13}, {7, 3}, {6, 9}, {10, 7}, {1, 3}, {3, 123}};
+  const nlohmann::json& fx = testing::typed_references().at("upsample_nearest").at("cases");
+  std::vector<NearestCase> cases;
+  for (const auto& [in, out] : sizes) {
+    NearestCase c{in, out, {}};
+    for (const auto& f : fx)
+      if (f.at("in").get<int64_t>() == in && f.at("out").get<int64_t>() == out)
+        c.src = f.at("src").get<std::vector<int64_t>>();
+    EXPECT_EQ(c.src.size(), static_cast<size_t>(out))
+        << in << " -> " << out
+        << " is not in typed_references.json: add it to scripts/make_typed_references.py";
+    bool valid = c.src.size() == static_cast<size_t>(out);
+    for (const int64_t s : c.src) valid = valid && s >= 0 && s < in;
+    EXPECT_TRUE(valid) << in << " -> " << out << ": a source index out of range";
+    if (valid) cases.push_back(c);
+  }
+  // The 3 -> 123 case must show where torch departs from the exact ratio floor(j · in / out).
+  const auto departs = [](const NearestCase& c) {
+    for (int64_t j = 0; j < c.out; ++j)
+      if (c.src[static_cast<size_t>(j)] != j * c.in / c.out) return true;
+    return false;
   };
-  // 3 -> 123: torch's float scale puts output 41 on source 0 (the exact ratio would give 1). Starts of each
-  // run:
-  NearestCase c{3, 123, {}};
-  for (int64_t j = 0; j < 123; ++j) c.src.push_back(j < 42 ? 0 : j < 83 ? 1 : 2);
-  cases.push_back(c);
+  EXPECT_TRUE(cases.size() == std::size(sizes) && departs(cases.back()));
   return cases;
 }
 

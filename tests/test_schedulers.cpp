@@ -22,6 +22,7 @@
 #include "schedulers/scheduler.h"
 #include "sdrt/error.h"
 #include "test_util.h"
+#include "typed_references.h"
 
 namespace sdrt::schedulers {
 namespace {
@@ -238,33 +239,51 @@ constexpr const char* kSd15 = R"({
   "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null,
   "clip_sample": false})";
 
+// diffusers' timesteps for `Target.from_config(source.config)` after set_timesteps(steps): case `name` of
+// tests/fixtures/typed_references.json's "scheduler_timesteps" (made by scripts/make_typed_references.py),
+// which must have been made from `config_text` with the scheduler `scheduler` and `steps` steps. A missing or
+// mismatched case fails the test and yields {-1}, which no scheduler gives.
+std::vector<double> diffusers_timesteps(const std::string& name, const std::string& config_text,
+                                        const std::string& scheduler, int steps) {
+  for (const auto& c : testing::typed_references().at("scheduler_timesteps")) {
+    if (c.at("name") != name) continue;
+    EXPECT_EQ(c.at("config"), json::parse(config_text)) << name << ": the script's config differs";
+    EXPECT_EQ(c.at("scheduler"), scheduler) << name;
+    EXPECT_EQ(c.at("steps"), steps) << name;
+    return c.at("timesteps").get<std::vector<double>>();
+  }
+  ADD_FAILURE() << "typed_references.json has no scheduler_timesteps case " << name
+                << ": add it to scripts/make_typed_references.py and re-run it";
+  return {-1};
+}
+
 TEST(Scheduler, TargetDefaultsFillKeysTheConfigLacks) {
   const SchedulerConfig c = SchedulerConfig::from_json_text(kSd15, "sd15");
   // PNDM / DDIM: "leading" spacing with steps_offset 1.
   auto pndm = make_scheduler(SchedulerKind::kPndm, c);
   pndm->set_timesteps(4);
-  EXPECT_EQ(pndm->timesteps(), (std::vector<double>{751, 501, 501, 251, 1}));
+  EXPECT_EQ(pndm->timesteps(), diffusers_timesteps("sd15_pndm", kSd15, "pndm", 4));
   auto ddim = make_scheduler(SchedulerKind::kDdim, c);
   ddim->set_timesteps(4);
-  EXPECT_EQ(ddim->timesteps(), (std::vector<double>{751, 501, 251, 1}));
+  EXPECT_EQ(ddim->timesteps(), diffusers_timesteps("sd15_ddim", kSd15, "ddim", 4));
   // Euler: its own default "linspace" spacing (fractional timesteps), init sigma = max sigma.
   auto euler = make_scheduler(SchedulerKind::kEuler, c);
   euler->set_timesteps(4);
-  EXPECT_EQ(euler->timesteps(), (std::vector<double>{999, 666, 333, 0}));
+  EXPECT_EQ(euler->timesteps(), diffusers_timesteps("sd15_euler", kSd15, "euler", 4));
   EXPECT_EQ(euler->sigmas().back(), 0.0f);
   EXPECT_EQ(euler->init_noise_sigma(), euler->sigmas().front());
   // DPM-Solver++: linspace over n + 1 points, the last dropped.
   auto dpm = make_scheduler(SchedulerKind::kDpmSolverMultistep, c);
   dpm->set_timesteps(4);
-  EXPECT_EQ(dpm->timesteps(), (std::vector<double>{999, 749, 500, 250}));
+  EXPECT_EQ(dpm->timesteps(), diffusers_timesteps("sd15_dpmpp_2m", kSd15, "dpmpp_2m", 4));
 }
 
 TEST(Scheduler, ExplicitSpacingCarriesOver) {
-  auto c = SchedulerConfig::from_json_text(
-      R"({"_class_name": "PNDMScheduler", "timestep_spacing": "trailing"})", "x");
+  const std::string trailing = R"({"_class_name": "PNDMScheduler", "timestep_spacing": "trailing"})";
+  auto c = SchedulerConfig::from_json_text(trailing, "x");
   auto euler = make_scheduler(SchedulerKind::kEuler, c);
   euler->set_timesteps(4);
-  EXPECT_EQ(euler->timesteps(), (std::vector<double>{999, 749, 499, 249}));
+  EXPECT_EQ(euler->timesteps(), diffusers_timesteps("trailing_euler", trailing, "euler", 4));
   EXPECT_EQ(euler->init_noise_sigma(), euler->sigmas().front());  // trailing: no sqrt(sigma^2 + 1)
   c.timestep_spacing = TimestepSpacing::kLeading;
   euler = make_scheduler(SchedulerKind::kEuler, c);

@@ -75,7 +75,9 @@ TEST(SdxlConditioning, MatchesDiffusersEncodePrompt) {
     EXPECT_EQ(model.tokenize(prompt), ids_of(c["ids"]));
     EXPECT_EQ(tokenizer_2.encode(prompt), ids_of(c["ids_2"]));  // padded with "!" (id 0)
     const auto ids = ids_of(c["ids"]);
-    if (ids[ids.size() - 2] == 49407) EXPECT_EQ(ids_of(c["ids_2"]).back(), 0);  // padded: a short prompt
+    if (ids[ids.size() - 2] == 49407) {  // padded: a short prompt
+      EXPECT_EQ(ids_of(c["ids_2"]).back(), 0);
+    }
     GenerateOptions o;
     o.prompt = prompt;
     o.negative_prompt = negative;
@@ -95,8 +97,9 @@ TEST(SdxlConditioning, MatchesDiffusersEncodePrompt) {
       // No negative prompt: force_zeros_for_empty_prompt (diffusers' negative_prompt=None).
       EXPECT_TRUE(all_zero(row(cond.context, 0)));
       EXPECT_TRUE(all_zero(row(cond.text_embeds, 0)));
-      if (c["negative_prompt_is_none"].get<bool>())
+      if (c["negative_prompt_is_none"].get<bool>()) {
         EXPECT_TRUE(all_zero(read("negative_prompt_embeds")));  // what diffusers did, too
+      }
     }
   }
 }

@@ -13,6 +13,7 @@
 #include "sdrt/error.h"
 #include "sdrt/model.h"
 #include "test_util.h"
+#include "typed_references.h"
 
 namespace sdrt {
 namespace {
@@ -161,7 +162,8 @@ TEST(SingleFileDetect, FamilyPredictionAndConfigs) {
   EXPECT_EQ(sd2.text_encoder()->config["hidden_act"], "gelu");
   EXPECT_EQ(sd2.text_encoder()->config["num_hidden_layers"], 2);  // 3 resblocks: the penultimate layer
   EXPECT_EQ(sd2.tokenizer_config().pad_token, "!");
-  EXPECT_EQ(Model::load(dir() / "sd2.safetensors", {.text_encoder_only = true}).tokenize("a")[3], 0);
+  EXPECT_EQ(Model::load(dir() / "sd2.safetensors", {.text_encoder_only = true}).tokenize("a")[3],
+            testing::reference_special("sd2", "pad"));  // transformers' pad id (typed_references.json)
   EXPECT_EQ(sd2.scheduler_config()["_class_name"], "PNDMScheduler");
 
   // The option wins over the yaml; without a yaml SD 2.x defaults to epsilon.

@@ -1,8 +1,12 @@
 // Golden tests: sdrt's AutoencoderKL against diffusers (fp32) on the tiny fixture VAEs made by
 // scripts/make_fixtures.py, plus the errors for damaged folders and diffusers' 8-bit postprocess.
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -12,6 +16,7 @@
 #include "models/cpu/vae.h"
 #include "sdrt/error.h"
 #include "test_util.h"
+#include "typed_references.h"
 
 namespace sdrt {
 namespace {
@@ -200,36 +205,58 @@ TEST(Vae, BadInputShapes) {
   expect_error([&] { vae.encode(Tensor::zeros({1, 3, 4, 64})); }, ErrorKind::kInvalidArgument, {"too small"});
 }
 
-// diffusers' VaeImageProcessor.postprocess + numpy_to_pil; expected bytes computed with torch and numpy.
+// diffusers' VaeImageProcessor.postprocess + numpy_to_pil. The expected byte of each input is diffusers' own,
+// from tests/fixtures/typed_references.json ("postprocess", made by scripts/make_typed_references.py on the
+// same [1, 3, 1, n] image built here).
 TEST(Vae, ImageToRgb8MatchesDiffusersPostprocess) {
-  const std::pair<float, uint8_t> cases[] = {{-0x1.f9f9fap-2f, 64},
-                                             {-0x1.f9f9f8p-2f, 64},
-                                             {-0x1.f1f1f2p-2f, 66},
-                                             {0x1.c1c1c4p-4f, 142},
-                                             {0x1.c1c1c0p-4f, 142},
-                                             {0x1.e1e1e2p-4f, 142},
-                                             {0x1.fdfdfep-1f, 254},
-                                             {0x1.fdfe00p-1f, 254},
-                                             {0x1.fdfdfcp-1f, 254},
-                                             {-1.0f, 0},
-                                             {1.0f, 255},
-                                             {0.0f, 128},
-                                             {-2.5f, 0},
-                                             {3.0f, 255},
-                                             {0.5f, 191},
-                                             {-0.25f, 96},
-                                             {0x1.ff7ceep-1f, 255},
-                                             {-0x1.ff7ceep-1f, 0}};
-  // The first nine land exactly on k + 0.5 after · 255, where numpy rounds half to even.
-  const int64_t n = std::size(cases);
+  const float inputs[] = {-0x1.f9f9fap-2f,
+                          -0x1.f9f9f8p-2f,
+                          -0x1.f1f1f2p-2f,
+                          0x1.c1c1c4p-4f,
+                          0x1.c1c1c0p-4f,
+                          0x1.e1e1e2p-4f,
+                          0x1.fdfdfep-1f,
+                          0x1.fdfe00p-1f,
+                          0x1.fdfdfcp-1f,
+                          -1.0f,
+                          1.0f,
+                          0.0f,
+                          -2.5f,
+                          3.0f,
+                          0.5f,
+                          -0.25f,
+                          0x1.ff7ceep-1f,
+                          -0x1.ff7ceep-1f};
+  // The first nine land exactly on k + 0.5 after · 255, where numpy rounds half to even (the fixture's
+  // "tie").
+  const size_t kTies = 9;
+  const nlohmann::json& fx = testing::typed_references().at("postprocess").at("cases");
+  std::vector<std::pair<float, int>> cases;  // input, diffusers' byte (-1: not in the fixture)
+  for (size_t i = 0; i < std::size(inputs); ++i) {
+    const uint32_t bits = std::bit_cast<uint32_t>(inputs[i]);
+    int byte = -1;
+    for (const auto& c : fx) {
+      if (c.at("bits").get<uint32_t>() != bits) continue;
+      byte = c.at("byte").get<int>();
+      if (i < kTies) {
+        EXPECT_TRUE(c.at("tie").get<bool>()) << "x = " << inputs[i];
+      }
+    }
+    EXPECT_NE(byte, -1) << "x = " << inputs[i] << " is not in typed_references.json: add it to "
+                        << "scripts/make_typed_references.py and re-run it";
+    cases.emplace_back(inputs[i], byte);
+  }
+  const auto n = static_cast<int64_t>(cases.size());
   Tensor image({1, 3, 1, n}, DType::kF32);
   for (int64_t c = 0; c < 3; ++c)
-    for (int64_t i = 0; i < n; ++i) image.data<float>()[c * n + (i + c) % n] = cases[i].first;
+    for (int64_t i = 0; i < n; ++i)
+      image.data<float>()[c * n + (i + c) % n] = cases[static_cast<size_t>(i)].first;
   const auto rgb = models::image_to_rgb8(image);
   ASSERT_EQ(rgb.size(), static_cast<size_t>(3 * n));
   for (int64_t c = 0; c < 3; ++c)
     for (int64_t i = 0; i < n; ++i)
-      EXPECT_EQ(rgb[static_cast<size_t>(((i + c) % n) * 3 + c)], cases[i].second) << "x = " << cases[i].first;
+      EXPECT_EQ(rgb[static_cast<size_t>(((i + c) % n) * 3 + c)], cases[static_cast<size_t>(i)].second)
+          << "x = " << cases[static_cast<size_t>(i)].first;
   EXPECT_THROW(models::image_to_rgb8(Tensor::zeros({2, 3, 4, 4})), Error);
   EXPECT_THROW(models::image_to_rgb8(Tensor::zeros({1, 4, 4, 4})), Error);
 }

@@ -8,7 +8,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -25,8 +28,26 @@ constexpr std::string_view kTmpSuffix = ".tmp-XXXXXX";
 constexpr size_t kWriteChunk = size_t{16} << 20;  // an interrupt is honoured between chunks
 constexpr int kMaxLinks = 40;                     // as the kernel's ELOOP limit
 
+// The TemporaryFolder objects being filled: (temporary folder, the folder asked for).
+std::mutex live_folders_mutex;
+std::vector<std::pair<fs::path, fs::path>> live_folders;
+
+// `path` as the user knows it: a file inside a temporary folder is named where it would be in the folder
+// asked for (the temporary one is removed with everything in it when the error unwinds).
+fs::path as_named(const fs::path& path) {
+  const std::lock_guard lock(live_folders_mutex);
+  for (const auto& [temporary, requested] : live_folders) {
+    const auto [t, p] = std::mismatch(temporary.begin(), temporary.end(), path.begin(), path.end());
+    if (t != temporary.end()) continue;
+    fs::path named = requested;
+    for (auto it = p; it != path.end(); ++it) named /= *it;
+    return named;
+  }
+  return path;
+}
+
 [[noreturn]] void fail(const fs::path& path, const std::string& what) {
-  throw Error(ErrorKind::kIo, fmt::format("{}: {}", path.string(), what));
+  throw Error(ErrorKind::kIo, fmt::format("{}: {}", as_named(path).string(), what));
 }
 
 const char* special_type(mode_t mode) {
@@ -176,6 +197,8 @@ TemporaryFolder::TemporaryFolder(const fs::path& path)
   if (::mkdtemp(tmp.data()) == nullptr)
     fail(path, fmt::format("cannot create a folder next to it: {}", std::strerror(errno)));
   temporary_ = tmp;
+  const std::lock_guard lock(live_folders_mutex);
+  live_folders.emplace_back(temporary_, requested_);
   // mkdtemp creates 0700; give the folder the usual permissions (0777 minus umask).
   const mode_t mask = ::umask(0);
   ::umask(mask);
@@ -183,6 +206,10 @@ TemporaryFolder::TemporaryFolder(const fs::path& path)
 }
 
 TemporaryFolder::~TemporaryFolder() {
+  {
+    const std::lock_guard lock(live_folders_mutex);
+    std::erase_if(live_folders, [this](const auto& entry) { return entry.first == temporary_; });
+  }
   if (committed_) return;
   std::error_code ec;
   fs::remove_all(temporary_, ec);

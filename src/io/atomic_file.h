@@ -32,7 +32,9 @@ std::filesystem::path resolve_output_folder(const std::filesystem::path& path);
 void write_file_atomically(const std::filesystem::path& path, std::string_view bytes);
 
 // A temporary sibling folder (".<name>.tmp-XXXXXX") that becomes `path` on commit(); removed with everything
-// in it when destroyed uncommitted (an error or an interruption while it was being filled).
+// in it when destroyed uncommitted (an error or an interruption while it was being filled). While it lives,
+// the errors of write_file_atomically for a file inside it name that file under `path`, not under the
+// temporary name that is removed.
 class TemporaryFolder {
  public:
   // `path` is checked with resolve_output_folder first.

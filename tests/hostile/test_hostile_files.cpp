@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -462,6 +463,118 @@ TEST(HostileWrite, FailedConvertLeavesNoFolder) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(out / "model_index.json"));
   EXPECT_TRUE(temporaries(tmp.path()).empty());
+}
+
+// ---- disk full (ENOSPC)
+// -------------------------------------------------------------------------------------
+
+// The LD_PRELOAD shim (tests/hostile/enospc_shim.c) that fails writes to regular files with ENOSPC once
+// SDRT_TEST_ENOSPC_AFTER bytes were written; not built where it cannot work (tests/CMakeLists.txt says why).
+#ifdef SDRT_ENOSPC_SHIM
+const char* const kEnospcShim = SDRT_ENOSPC_SHIM;
+const char* const kEnospcShimMissing = "";
+#else
+const char* const kEnospcShim = "";
+#ifdef SDRT_ENOSPC_SHIM_MISSING
+const char* const kEnospcShimMissing = SDRT_ENOSPC_SHIM_MISSING;
+#else
+const char* const kEnospcShimMissing = "the ENOSPC shim was not built";
+#endif
+#endif
+
+// Why the disk-full tests cannot run here ("" when they can).
+std::string enospc_skip_reason() {
+  if (*kEnospcShimMissing != '\0') return kEnospcShimMissing;
+  if (!fs::exists(kEnospcShim)) return std::string(kEnospcShim) + " missing";
+  return "";
+}
+
+// A run_sdrt prefix: sdrt under the shim with room for `after` bytes of regular-file output; without `after`
+// the variable is unset and the shim passes every write through.
+std::string disk_full_after(const std::string& after) {
+  const std::string preload = "LD_PRELOAD=" + shell_quote(kEnospcShim);
+  return after.empty() ? "env -u SDRT_TEST_ENOSPC_AFTER " + preload
+                       : "env " + preload + " SDRT_TEST_ENOSPC_AFTER=" + after;
+}
+
+// One error line that says the disk is full and names `output`.
+void expect_disk_full(const Run& r, const fs::path& output) {
+  expect_error(r, std::strerror(ENOSPC), false);
+  EXPECT_NE(r.err.find(output.string()), std::string::npos) << output << " not named in: " << r.err;
+}
+
+std::vector<std::string> entries(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// No room at all (the first write fails) and room for 100 bytes (a short write, then ENOSPC).
+const char* const kDiskFullAfter[] = {"0", "100"};
+
+TEST(HostileDiskFull, ImageOutputLeavesNothing) {
+  if (const auto why = enospc_skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  TempDir tmp;
+  const auto out = tmp / "out.png";
+  for (const char* after : kDiskFullAfter) {
+    SCOPED_TRACE(std::string("SDRT_TEST_ENOSPC_AFTER=") + after);
+    expect_disk_full(run_sdrt(txt2img(tiny(), out), disk_full_after(after)), out);
+    EXPECT_TRUE(entries(tmp.path()).empty()) << "left behind: " << entries(tmp.path()).front();
+  }
+  // An existing output is left as it was, and nothing is added next to it.
+  testing::write_file(out, "old");
+  expect_disk_full(run_sdrt(txt2img(tiny(), out), disk_full_after("100")), out);
+  EXPECT_EQ(testing::read_file(out), "old");
+  EXPECT_EQ(entries(tmp.path()), std::vector<std::string>{"out.png"});
+  // Control: the shim without a limit changes nothing.
+  const auto r = run_sdrt(txt2img(tiny(), out), disk_full_after(""));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(testing::read_file(out).substr(1, 3), "PNG");
+  EXPECT_EQ(entries(tmp.path()), std::vector<std::string>{"out.png"});
+}
+
+TEST(HostileDiskFull, EncodeOutputLeavesNothing) {
+  if (const auto why = enospc_skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  TempDir tmp;
+  const auto npy = tmp / "x.npy";
+  const std::string encode =
+      "encode " + model_arg(tiny()) + " --prompt hi --output " + shell_quote(npy.string());
+  for (const char* after : kDiskFullAfter) {
+    SCOPED_TRACE(std::string("SDRT_TEST_ENOSPC_AFTER=") + after);
+    expect_disk_full(run_sdrt(encode, disk_full_after(after)), npy);
+    EXPECT_TRUE(entries(tmp.path()).empty()) << "left behind: " << entries(tmp.path()).front();
+  }
+  testing::write_file(npy, "old");
+  expect_disk_full(run_sdrt(encode, disk_full_after("100")), npy);
+  EXPECT_EQ(testing::read_file(npy), "old");
+  EXPECT_EQ(entries(tmp.path()), std::vector<std::string>{"x.npy"});
+  const auto r = run_sdrt(encode, disk_full_after(""));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(testing::read_file(npy).substr(1, 5), "NUMPY");
+  EXPECT_EQ(entries(tmp.path()), std::vector<std::string>{"x.npy"});
+}
+
+TEST(HostileDiskFull, ConvertLeavesNoFolder) {
+  if (const auto why = enospc_skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  const auto checkpoint = fixtures_dir() / "single_file" / "sd1.safetensors";
+  if (!fs::exists(checkpoint)) GTEST_SKIP() << checkpoint << " missing";
+  TempDir tmp;
+  const auto out = tmp / "converted";
+  const std::string convert = "convert " + model_arg(checkpoint) + " --output " + shell_quote(out.string());
+  // 64 KiB: the first files (configs) are written whole into the temporary folder before the disk fills.
+  for (const char* after : {"0", "100", "65536"}) {
+    SCOPED_TRACE(std::string("SDRT_TEST_ENOSPC_AFTER=") + after);
+    expect_disk_full(run_sdrt(convert, disk_full_after(after)), out);
+    EXPECT_TRUE(entries(tmp.path()).empty()) << "left behind: " << entries(tmp.path()).front();
+  }
+  const auto r = run_sdrt(convert, disk_full_after(""));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_TRUE(fs::exists(out / "model_index.json"));
+  EXPECT_EQ(entries(tmp.path()), std::vector<std::string>{"converted"});
 }
 
 }  // namespace
