@@ -17,6 +17,9 @@
 #include "io/png.h"
 #include "io/safetensors.h"
 #include "loaders/model_source.h"
+#include "models/cpu/unet.h"
+#include "models/cpu/vae.h"
+#include "schedulers/torch_rng.h"
 #include "sdrt/error.h"
 #include "sdrt/model.h"
 #include "test_util.h"
@@ -150,6 +153,45 @@ TEST(CudaDevice, CpuBuildsReportTheDevice) {
     } catch (const Error& e) {
       EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
     }
+  }
+}
+
+// The single-file fixtures (tests/fixtures/single_file: widths 8/16, one-head attention, GroupNorm with one
+// channel per group) stage by stage against the CPU executors on the same weights: text encoder, UNet (both
+// batch rows) and VAE decoder.
+TEST(CudaSingleFile, StagesMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const char* file : {"sd1.safetensors", "sd2.safetensors"}) {
+    SCOPED_TRACE(file);
+    const auto description =
+        engines::describe_model(loaders::resolve_model(fixtures_dir() / "single_file" / file));
+    const auto cpu = engines::create_cpu_engine(description);
+    const auto gpu = engines::create_cuda_engine(description);
+    std::vector<int32_t> ids(77, 49407);
+    ids[0] = 49406;
+    ids[1] = 320;
+    ids[2] = 1125;
+    const Tensor want_text = cpu->encode_text(ids), got_text = gpu->encode_text(ids);
+    const double text_err = relative_l2(got_text, want_text);
+    schedulers::TorchGenerator rng(7);
+    const Tensor sample = rng.randn({2, 4, 8, 8});
+    Tensor context({2, 77, want_text.dim(2)}, DType::kF32);
+    std::memcpy(context.data<float>(), want_text.data<float>(), want_text.nbytes());
+    std::memcpy(context.data<float>() + want_text.numel(), rng.randn({1, 77, want_text.dim(2)}).data<float>(),
+                want_text.nbytes());
+    const auto unet_store = description.unet_source->open_weights();
+    const auto unet = models::cpu::UNet::load(*description.unet, {unet_store, "unet"});
+    const double unet_err = relative_l2(gpu->diagnostics()->unet_forward(sample, 500.0, context),
+                                        unet.forward(sample, 500.0, context));
+    const auto vae_store = description.vae_source->open_weights();
+    const auto vae = models::cpu::AutoencoderKL::load(*description.vae, {vae_store, "vae"});
+    const Tensor z = rng.randn({1, 4, 8, 8});
+    const double vae_err = relative_l2(gpu->decode(z), vae.decode(z));
+    std::printf("[ single file ] %s: text %.2e, unet %.2e, vae %.2e (relative L2)\n", file, text_err,
+                unet_err, vae_err);
+    EXPECT_LE(text_err, 5e-3);
+    EXPECT_LE(unet_err, 5e-3);
+    EXPECT_LE(vae_err, 5e-3);
   }
 }
 
