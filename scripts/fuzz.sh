@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with Clang and runs each for a bounded time: the in-memory parsers (safetensors,
-# npy, pickle) $1 seconds each (default 60), the file-based ones (tokenizer folder, shard index, single-file
-# .yaml and shape inference) half that each — 5 minutes in all by default.
+# npy, pickle, the A1111 prompt attention parser) $1 seconds each (default 60), the file-based ones (tokenizer
+# folder, shard index, single-file .yaml and shape inference) half that each — 6 minutes in all by default.
 # Exits non-zero when a fuzzer finds a crash, a sanitizer report or a leak.
 set -euo pipefail
 cd "$(dirname "$0")/.."
