@@ -123,16 +123,9 @@ TEST_P(SdxlUNetGolden, MatchesDiffusers) {
 INSTANTIATE_TEST_SUITE_P(BaseAndRefiner, SdxlUNetGolden, ::testing::Values(kBase, kRefiner));
 
 GenerateOptions case_options(const nlohmann::json& c) {
-  GenerateOptions o;
-  o.prompt = c["prompt"];
-  o.negative_prompt = c["negative_prompt"];  // "" where diffusers was given None
-  o.cfg_scale = c["guidance"];
-  o.steps = c["steps"];
-  o.height = c["height"];
-  o.width = c["width"];
-  o.seed = c["seed"];
-  o.scheduler = c["scheduler"];
-  o.karras = c["karras"];
+  // The SD fields as for every pipeline case ("" negative prompt where diffusers was given None), then
+  // SDXL's.
+  GenerateOptions o = testing::pipeline_case_options(c, {});
   if (c["size_conditioning_explicit"].get<bool>()) {
     o.original_height = c["original_size_hw"][0];
     o.original_width = c["original_size_hw"][1];

@@ -73,8 +73,11 @@ std::vector<std::string> unused_tensors(const io::WeightStore& store,
   return unused;
 }
 
-// One warning line per component whose checkpoint holds tensors its config does not describe.
-void warn_unused_tensors(std::vector<std::string>& warnings, const engines::ModelDescription& d) {
+// One warning line per component whose checkpoint holds tensors its config does not describe. Only for the
+// files of a diffusers folder (opening one maps it): a single file's plan takes exactly the tensors the
+// networks need, and opening it would convert every tensor a second time.
+void warn_unused_tensors(std::vector<std::string>& warnings, const engines::ModelDescription& d,
+                         bool vae_from_folder) {
   const auto check = [&](const loaders::ComponentSource& source, const std::vector<models::WeightSpec>& specs,
                          bool text_encoder) {
     const auto store = source.open_weights();
@@ -96,7 +99,7 @@ void warn_unused_tensors(std::vector<std::string>& warnings, const engines::Mode
   };
   for (const auto& te : d.text_encoders) check(te.source, te.model.weights(), true);
   if (d.unet) check(*d.unet_source, d.unet->weights(), false);
-  if (d.vae)
+  if (d.vae && vae_from_folder)
     check(*d.vae_source, models::describe_vae(d.vae->config, {.encoder = true, .decoder = true}).weights(),
           false);
 }
@@ -133,7 +136,8 @@ Model Model::load(const std::filesystem::path& path, const LoadOptions& options)
   }
   impl->device = device;
   impl->warnings = source_warnings(source);
-  warn_unused_tensors(impl->warnings, description);
+  if (std::filesystem::is_directory(path))
+    warn_unused_tensors(impl->warnings, description, /*vae_from_folder=*/options.vae.empty());
   impl->engine = engines::create_engine(device, description);
   return Model(std::move(impl));
 }
